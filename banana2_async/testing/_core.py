@@ -1,0 +1,555 @@
+"""The simulator's state and rules: accounts, credits, tasks, time, faults, counters.
+
+`Simulator.handle` answers one HTTP request as the NanoBanana 2 API would and
+returns a `Reply`; the faces (an httpx transport, an ASGI app) only move bytes.
+Everything here is synchronous and guarded by one lock, so a server thread and
+the test's own thread can share a simulator.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import parse_qs
+
+from banana2_async._exceptions import InvalidRequestError
+from banana2_async._models import GenerationRequest
+
+from ._faults import Endpoint, Fault, FaultRule, pick_fault
+from ._images import content_type, render_image
+from ._stats import DROPPED, SimulatedTask, SimulatorStats
+
+if TYPE_CHECKING:
+    from ._asgi import SimulatorApp
+    from ._server import SimulatorServer
+    from ._transport import SimulatorTransport
+
+__all__ = [
+    "DEFAULT_API_KEY",
+    "DEFAULT_CREDITS",
+    "DEFAULT_LATENCY",
+    "IN_PROCESS_BASE_URL",
+    "MODEL",
+    "ManualClock",
+    "Reply",
+    "Simulator",
+]
+
+IN_PROCESS_BASE_URL: Final = "https://simulator.banana2.invalid"
+DEFAULT_API_KEY: Final = "sk-sim-test"
+DEFAULT_CREDITS: Final = 1_000_000
+MODEL: Final = "nano-banana-2"
+DEFAULT_LATENCY: Final[Mapping[str, tuple[float, float]]] = {
+    "1k": (8.0, 15.0),
+    "2k": (12.0, 22.0),
+    "4k": (20.0, 40.0),
+}
+
+_JSON_HEADERS: Final = (("content-type", "application/json"),)
+
+
+class ManualClock:
+    """A clock that moves only when told to; pass it as ``Simulator(clock=...)``."""
+
+    __slots__ = ("_lock", "_now")
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._now = start
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward by ``seconds``."""
+        if seconds < 0:
+            raise ValueError("a clock does not go back")
+        with self._lock:
+            self._now += seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One answer of the simulator, for a face to deliver.
+
+    ``delay`` is how long to hold it back (real seconds); ``drop`` means close
+    the connection instead of answering.
+    """
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    delay: float = 0.0
+    drop: bool = False
+
+
+class _Task:
+    __slots__ = ("api_key", "created", "created_at", "failure", "finished_at", "interim", "request", "task_id")
+
+    def __init__(self, task_id: str, api_key: str, request: GenerationRequest, created: float, finished_at: float):
+        self.task_id = task_id
+        self.api_key = api_key
+        self.request = request
+        self.created = created
+        self.finished_at = finished_at
+        self.created_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.failure: tuple[str, str] | None = None
+        self.interim: tuple[str, ...] = ()
+
+    def status(self, now: float) -> str:
+        if now >= self.finished_at:
+            return self.failure[0] if self.failure else "SUCCESS"
+        if self.interim:
+            # The interim statuses and IN_PROGRESS share the running time equally.
+            share = (now - self.created) / (self.finished_at - self.created)
+            step = int(share * (len(self.interim) + 1))
+            if step < len(self.interim):
+                return self.interim[step]
+        return "IN_PROGRESS"
+
+    def extension(self) -> str:
+        return self.request.output_format or "png"
+
+
+class Simulator:
+    """A stateful, offline fake of the NanoBanana 2 API.
+
+    It keeps accounts and their credits, runs tasks on a latency model, injects
+    faults and counts what it saw. Serve it in-process with `transport`, or
+    over loopback with `serve`.
+
+    Args:
+        api_key: the key of the account created with the simulator.
+        credits: that account's starting credits.
+        speed: divides every latency; ``1000`` turns seconds into milliseconds,
+            ``math.inf`` finishes tasks at once.
+        latency: for each resolution, the (low, high) seconds a task takes, drawn uniformly.
+        seed: seeds latencies, task ids and fault probabilities.
+        clock: the time source in seconds, e.g. a `ManualClock`.
+        result_ttl: seconds a result URL stays valid after the task finished (None: forever).
+    """
+
+    __slots__ = (
+        "_accounts",
+        "_clock",
+        "_credits_spent",
+        "_fault_rng",
+        "_id_rng",
+        "_latency",
+        "_latency_rng",
+        "_lock",
+        "_polls",
+        "_prompts",
+        "_request_count",
+        "_requests",
+        "_result_ttl",
+        "_rules",
+        "_speed",
+        "_tasks",
+        "api_key",
+    )
+
+    def __init__(
+        self,
+        *,
+        api_key: str = DEFAULT_API_KEY,
+        credits: int = DEFAULT_CREDITS,
+        speed: float = 1.0,
+        latency: Mapping[str, tuple[float, float]] | None = None,
+        seed: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        result_ttl: float | None = None,
+    ) -> None:
+        if not speed > 0:
+            raise ValueError("speed must be positive")
+        latency = dict(DEFAULT_LATENCY if latency is None else latency)
+        for resolution, (low, high) in latency.items():
+            if not 0 <= low <= high:
+                raise ValueError(f"latency for {resolution}: need 0 <= low <= high, got ({low}, {high})")
+        missing = set(DEFAULT_LATENCY) - set(latency)
+        if missing:
+            raise ValueError(f"latency has no entry for {', '.join(sorted(missing))}")
+        self.api_key = api_key
+        self._speed = speed
+        self._latency = latency
+        self._clock = clock
+        self._result_ttl = result_ttl
+        self._lock = threading.Lock()
+        self._latency_rng = random.Random(seed)
+        self._id_rng = random.Random(None if seed is None else seed + 1)
+        self._fault_rng = random.Random(None if seed is None else seed + 2)
+        self._accounts: dict[str, int] = {api_key: credits}
+        self._tasks: dict[str, _Task] = {}
+        self._rules: list[FaultRule] = []
+        self._requests: Counter[tuple[str, int]] = Counter()
+        self._polls: dict[str, list[float]] = {}
+        self._prompts: Counter[str] = Counter()
+        self._credits_spent = 0
+        self._request_count = 0
+
+    def __repr__(self) -> str:
+        return f"Simulator(speed={self._speed}, tasks={len(self._tasks)}, accounts={len(self._accounts)})"
+
+    @property
+    def speed(self) -> float:
+        """The factor every latency is divided by."""
+        return self._speed
+
+    @property
+    def base_url(self) -> str:
+        """The base URL the in-process transport answers for."""
+        return IN_PROCESS_BASE_URL
+
+    # Accounts
+
+    def add_account(self, api_key: str, *, credits: int = DEFAULT_CREDITS) -> None:
+        """Accept ``api_key`` from now on, with ``credits`` to spend."""
+        with self._lock:
+            self._accounts[api_key] = credits
+
+    def remove_account(self, api_key: str) -> None:
+        """Reject ``api_key`` from now on (401), as if it had been revoked."""
+        with self._lock:
+            self._accounts.pop(api_key, None)
+
+    def credits(self, api_key: str | None = None) -> int:
+        """The credits left on an account (the simulator's own by default). Raises KeyError if unknown."""
+        with self._lock:
+            return self._accounts[api_key or self.api_key]
+
+    def set_credits(self, credits: int, *, api_key: str | None = None) -> None:
+        """Set the credits left on an account (the simulator's own by default)."""
+        with self._lock:
+            key = api_key or self.api_key
+            if key not in self._accounts:
+                raise KeyError(key)
+            self._accounts[key] = credits
+
+    # Faults
+
+    def inject(
+        self,
+        fault: Fault,
+        *,
+        on: Endpoint | None = None,
+        times: int | None = None,
+        probability: float | None = None,
+    ) -> FaultRule:
+        """Make ``fault`` happen, and return the rule (``rule.fired``, ``rule.cancel()``).
+
+        Args:
+            on: ``"generate"``, ``"status"`` or ``"result"``; by default every
+                endpoint the fault can act on.
+            times: fire on the next ``times`` matching requests only.
+            probability: fire on each matching request with this probability.
+                Without ``times`` or ``probability`` the fault hits every matching request.
+
+        Raises:
+            ValueError: the fault cannot act on ``on`` (a task fault on ``"status"``, say).
+        """
+        endpoints = fault.endpoints
+        if on is not None:
+            if on not in endpoints:
+                raise ValueError(f"a {fault.kind} fault cannot act on {on!r}; it acts on {sorted(endpoints)}")
+            endpoints = frozenset({on})
+        rule = FaultRule(fault, endpoints=endpoints, times=times, probability=probability)
+        with self._lock:
+            self._rules.append(rule)
+        return rule
+
+    def clear_faults(self) -> None:
+        """Remove every injected fault."""
+        with self._lock:
+            for rule in self._rules:
+                rule.cancel()
+            self._rules.clear()
+
+    # Observation
+
+    @property
+    def stats(self) -> SimulatorStats:
+        """A snapshot of the counters."""
+        with self._lock:
+            return SimulatorStats(
+                requests=dict(self._requests),
+                poll_times={task_id: tuple(times) for task_id, times in self._polls.items()},
+                tasks_per_prompt=dict(self._prompts),
+                credits_spent=self._credits_spent,
+                tasks_created=len(self._tasks),
+            )
+
+    def reset_stats(self) -> None:
+        """Zero the request, poll, prompt and credit counters; tasks and accounts stay."""
+        with self._lock:
+            self._requests.clear()
+            self._polls.clear()
+            self._prompts.clear()
+            self._credits_spent = 0
+
+    def tasks(self) -> list[SimulatedTask]:
+        """Every task created so far, oldest first, as the next poll would see it."""
+        with self._lock:
+            now = self._clock()
+            return [self._snapshot(task, now) for task in self._tasks.values()]
+
+    def task(self, task_id: str) -> SimulatedTask:
+        """One task, as the next poll would see it. Raises KeyError if unknown."""
+        with self._lock:
+            return self._snapshot(self._tasks[task_id], self._clock())
+
+    def _snapshot(self, task: _Task, now: float) -> SimulatedTask:
+        return SimulatedTask(
+            task_id=task.task_id,
+            prompt=task.request.prompt,
+            type=task.request.task_type,
+            status=task.status(now),
+            request=task.request.to_wire(),
+            credits=task.request.credits,
+            created=task.created,
+            finishes=task.finished_at,
+            poll_times=tuple(self._polls.get(task.task_id, ())),
+        )
+
+    # Faces
+
+    def transport(self) -> SimulatorTransport:
+        """An httpx transport that answers from this simulator, in-process, without sockets."""
+        from ._transport import SimulatorTransport
+
+        return SimulatorTransport(self)
+
+    def asgi_app(self) -> SimulatorApp:
+        """An ASGI application that answers from this simulator."""
+        from ._asgi import SimulatorApp
+
+        return SimulatorApp(self)
+
+    def serve(self, *, host: str = "127.0.0.1", port: int = 0) -> SimulatorServer:
+        """A loopback HTTP server for this simulator: use it with ``with`` or ``async with``.
+
+        Needs the ``simulator`` extra (uvicorn). ``port=0`` takes a free port.
+        """
+        from ._server import SimulatorServer
+
+        return SimulatorServer(self, host=host, port=port)
+
+    # Requests
+
+    def handle(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: str = "",
+        headers: Mapping[str, str] | None = None,
+        body: bytes = b"",
+        base_url: str = IN_PROCESS_BASE_URL,
+    ) -> Reply:
+        """Answer one HTTP request as the API would, faults included.
+
+        ``base_url`` is where the caller reached the simulator; result URLs
+        point there. Header names are matched without regard to case.
+        """
+        lowered = {name.lower(): value for name, value in (headers or {}).items()}
+        image: tuple[str, str, str, str] | None = None
+        with self._lock:
+            self._request_count += 1
+            request_id = f"sim-{self._request_count:06d}"
+            now = self._clock()
+            endpoint, allowed = _route(path)
+            if endpoint is None:
+                reply = _error(404, f"no such endpoint: {method} {path}")
+            elif method.upper() not in allowed:
+                reply = _error(405, f"{path} takes {' or '.join(allowed)}, not {method}")
+            else:
+                reply, image = self._dispatch(endpoint, path, query, lowered, body, base_url, now)
+            reply = replace(reply, headers=(*reply.headers, ("x-request-id", request_id)))
+            self._requests[(endpoint or "other", DROPPED if reply.drop else reply.status)] += 1
+        if image is not None:
+            reply = replace(reply, body=render_image(*image))
+        return reply
+
+    def _dispatch(
+        self,
+        endpoint: Endpoint,
+        path: str,
+        query: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        base_url: str,
+        now: float,
+    ) -> tuple[Reply, tuple[str, str, str, str] | None]:
+        task_id = ""
+        if endpoint == "status":
+            task_id = parse_qs(query, keep_blank_values=True).get("task_id", [""])[0]
+            if task_id:
+                self._polls.setdefault(task_id, []).append(now)
+
+        fault = pick_fault(self._rules, endpoint, "arrival", self._fault_rng)
+        image = None
+        if fault is not None:
+            reply = _fault_reply(fault)
+        elif endpoint == "result":
+            reply, image = self._result(path, now)
+        elif self._account(headers) is None:
+            reply = _error(401, "unauthorized: API key missing or invalid")
+        elif endpoint == "generate":
+            reply = self._generate(headers, body, now)
+        else:
+            reply = self._status(headers, task_id, base_url, now)
+
+        fault = pick_fault(self._rules, endpoint, "answer", self._fault_rng)
+        if fault is not None and fault.kind == "slow":
+            reply = replace(reply, delay=fault.seconds)
+        elif fault is not None:
+            reply = _with_extra_fields(reply, fault)
+        self._rules = [rule for rule in self._rules if rule.active]
+        return reply, image
+
+    def _account(self, headers: Mapping[str, str]) -> str | None:
+        scheme, _, key = headers.get("authorization", "").strip().partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or key not in self._accounts:
+            return None
+        return key
+
+    def _generate(self, headers: Mapping[str, str], body: bytes, now: float) -> Reply:
+        api_key = self._account(headers)
+        assert api_key is not None
+        try:
+            payload = json.loads(body or b"null")
+        except ValueError:
+            return _error(400, "body: not valid JSON")
+        if not isinstance(payload, dict):
+            return _error(400, "body: must be a JSON object with at least 'prompt'")
+        unknown = sorted(set(payload) - set(GenerationRequest.model_fields))
+        if unknown:
+            return _error(400, f"{unknown[0]}: not a field of POST /api/generate")
+        try:
+            request = GenerationRequest(**payload)
+        except InvalidRequestError as exc:
+            return _error(400, str(exc))
+        cost = request.credits
+        balance = self._accounts[api_key]
+        if balance < cost:
+            return _error(
+                402, f"insufficient credits: a {request.task_type} task costs {cost}, the account has {balance}"
+            )
+
+        self._accounts[api_key] = balance - cost
+        self._credits_spent += cost
+        self._prompts[request.prompt] += 1
+        task_id = self._new_task_id()
+        low, high = self._latency[request.resolution or "1k"]
+        seconds = 0.0 if math.isinf(self._speed) else self._latency_rng.uniform(low, high) / self._speed
+        task = _Task(task_id, api_key, request, now, now + seconds)
+        self._tasks[task_id] = task
+
+        fault = pick_fault(self._rules, "generate", "create", self._fault_rng)
+        if fault is not None and fault.kind == "fail_task":
+            task.failure = (fault.statuses[0], fault.message)
+        elif fault is not None and fault.kind == "in_flight_statuses":
+            task.interim = fault.statuses
+        elif fault is not None:
+            return _fault_reply(fault)
+        return _ok({"task_id": task_id, "type": request.task_type, "status": "IN_PROGRESS"})
+
+    def _new_task_id(self) -> str:
+        while True:
+            task_id = f"n{self._id_rng.getrandbits(56):014x}nb2"
+            if task_id not in self._tasks:
+                return task_id
+
+    def _status(self, headers: Mapping[str, str], task_id: str, base_url: str, now: float) -> Reply:
+        if not task_id:
+            return _error(400, "task_id: required, as a query parameter")
+        task = self._tasks.get(task_id)
+        if task is None or task.api_key != self._account(headers):
+            return _error(404, f"task not found: {task_id}")
+        status = task.status(now)
+        finished = now >= task.finished_at
+        data: dict[str, Any] = {
+            "task_id": task.task_id,
+            "status": status,
+            "type": task.request.task_type,
+            "model": MODEL,
+            "consumed_credits": task.request.credits if finished else None,
+            "response": None,
+            "request": task.request.to_wire(),
+            "created_at": task.created_at,
+        }
+        if finished and task.failure:
+            data["error"] = task.failure[1]
+        elif finished:
+            data["response"] = [f"{base_url.rstrip('/')}/results/{task.task_id}/0.{task.extension()}"]
+        return _ok(data)
+
+    def _result(self, path: str, now: float) -> tuple[Reply, tuple[str, str, str, str] | None]:
+        task_id, _, name = path.removeprefix("/results/").partition("/")
+        task = self._tasks.get(task_id)
+        if task is None or name != f"0.{task.extension()}" or now < task.finished_at or task.failure:
+            return _error(404, f"no such result: {path}"), None
+        if self._result_ttl is not None and now > task.finished_at + self._result_ttl:
+            return _error(403, "the result URL has expired"), None
+        request = task.request
+        fmt = task.extension()
+        reply = Reply(200, (("content-type", content_type(fmt)),), b"")
+        return reply, (request.prompt, request.aspect_ratio or "1:1", request.resolution or "1k", fmt)
+
+
+def _route(path: str) -> tuple[Endpoint | None, tuple[str, ...]]:
+    if path == "/api/generate":
+        return "generate", ("POST",)
+    if path == "/api/status":
+        return "status", ("GET",)
+    if path.startswith("/results/"):
+        return "result", ("GET",)
+    return None, ()
+
+
+def _encode(envelope: Mapping[str, Any]) -> bytes:
+    return json.dumps(envelope, separators=(",", ":")).encode("utf-8")
+
+
+def _ok(data: Mapping[str, Any]) -> Reply:
+    return Reply(200, _JSON_HEADERS, _encode({"code": 200, "message": "success", "data": data}))
+
+
+def _error(
+    status: int, message: str, *, http_status: int | None = None, headers: tuple[tuple[str, str], ...] = ()
+) -> Reply:
+    body = _encode({"code": status, "message": message, "data": None})
+    return Reply(http_status or status, _JSON_HEADERS + headers, body)
+
+
+def _seconds(value: float) -> str:
+    return str(int(value)) if value == int(value) else f"{value:g}"
+
+
+def _fault_reply(fault: Fault) -> Reply:
+    if fault.kind == "drop":
+        return Reply(0, (), b"", drop=True)
+    if fault.kind == "rate_limit":
+        headers = () if fault.retry_after is None else (("retry-after", _seconds(fault.retry_after)),)
+        return _error(429, fault.message, headers=headers)
+    if fault.kind == "envelope_error":
+        return _error(fault.status, fault.message, http_status=200)
+    return _error(fault.status, fault.message)
+
+
+def _with_extra_fields(reply: Reply, fault: Fault) -> Reply:
+    if reply.drop or not reply.body.startswith(b"{"):
+        return reply
+    envelope = json.loads(reply.body)
+    envelope.update(fault.extra_envelope)
+    if isinstance(envelope.get("data"), dict):
+        envelope["data"].update(fault.extra_data)
+    return replace(reply, body=_encode(envelope))
