@@ -15,6 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Final
@@ -28,6 +29,8 @@ from ._images import content_type, render_image
 from ._stats import DROPPED, SimulatedTask, SimulatorStats
 
 if TYPE_CHECKING:
+    from banana2_async._client import AsyncBanana2
+
     from ._asgi import SimulatorApp
     from ._server import SimulatorServer
     from ._transport import SimulatorTransport
@@ -340,6 +343,18 @@ class Simulator:
         from ._server import SimulatorServer
 
         return SimulatorServer(self, host=host, port=port)
+
+    def client(self, **options: Any) -> AbstractAsyncContextManager[AsyncBanana2]:
+        """An `AsyncBanana2` wired to this simulator in-process, for ``async with``.
+
+        ``options`` go to `AsyncBanana2`. By default the key is the
+        simulator's, and the poll interval and deadline are the client's
+        defaults divided by `speed`. The client and its httpx client are
+        closed when the block ends.
+        """
+        from ._connect import connect
+
+        return connect(self, **options)
 
     # Requests
 

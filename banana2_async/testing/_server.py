@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import MutableMapping
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,8 @@ import anyio.to_thread
 from ._asgi import SimulatorApp
 
 if TYPE_CHECKING:
+    from banana2_async._client import AsyncBanana2
+
     from ._core import Simulator
 
 __all__ = ["SimulatorServer"]
@@ -64,6 +67,15 @@ class SimulatorServer:
         """Where to reach it, e.g. ``http://127.0.0.1:54321``."""
         host = f"[{self._host}]" if ":" in self._host else self._host
         return f"http://{host}:{self.port}"
+
+    def client(self, **options: Any) -> AbstractAsyncContextManager[AsyncBanana2]:
+        """An `AsyncBanana2` talking to this server over loopback, for ``async with``.
+
+        ``options`` go to `AsyncBanana2`; defaults as for `Simulator.client`.
+        """
+        from ._connect import connect
+
+        return connect(self._simulator, self.base_url, **options)
 
     def start(self, timeout: float = 10.0) -> None:
         """Bind the port and serve from a new thread; return once it accepts connections.
