@@ -1,0 +1,62 @@
+"""banana2_async: the async Python SDK for the NanoBanana 2 image API.
+
+One `AsyncBanana2` client submits many tasks concurrently; one shared poller
+per client watches them all and resolves each `TaskHandle` with the result
+image URLs.
+"""
+
+from ._client import AsyncBanana2 as AsyncBanana2
+from ._exceptions import APIConnectionError as APIConnectionError
+from ._exceptions import APIResponseError as APIResponseError
+from ._exceptions import APIStatusError as APIStatusError
+from ._exceptions import APITimeoutError as APITimeoutError
+from ._exceptions import AuthenticationError as AuthenticationError
+from ._exceptions import BadRequestError as BadRequestError
+from ._exceptions import Banana2Error as Banana2Error
+from ._exceptions import ClientClosedError as ClientClosedError
+from ._exceptions import ConfigurationError as ConfigurationError
+from ._exceptions import InsufficientCreditsError as InsufficientCreditsError
+from ._exceptions import InternalServerError as InternalServerError
+from ._exceptions import InvalidRequestError as InvalidRequestError
+from ._exceptions import NotFoundError as NotFoundError
+from ._exceptions import RateLimitError as RateLimitError
+from ._exceptions import SubmissionUncertainError as SubmissionUncertainError
+from ._exceptions import TaskError as TaskError
+from ._exceptions import TaskFailedError as TaskFailedError
+from ._exceptions import TaskTimeoutError as TaskTimeoutError
+from ._handle import TaskHandle as TaskHandle
+from ._models import GenerationRequest as GenerationRequest
+from ._models import GenerationResult as GenerationResult
+from ._models import TaskInfo as TaskInfo
+from ._types import NOT_GIVEN as NOT_GIVEN
+from ._types import NotGiven as NotGiven
+from ._version import __version__ as __version__
+
+__all__ = [
+    "NOT_GIVEN",
+    "APIConnectionError",
+    "APIResponseError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AsyncBanana2",
+    "AuthenticationError",
+    "BadRequestError",
+    "Banana2Error",
+    "ClientClosedError",
+    "ConfigurationError",
+    "GenerationRequest",
+    "GenerationResult",
+    "InsufficientCreditsError",
+    "InternalServerError",
+    "InvalidRequestError",
+    "NotFoundError",
+    "NotGiven",
+    "RateLimitError",
+    "SubmissionUncertainError",
+    "TaskError",
+    "TaskFailedError",
+    "TaskHandle",
+    "TaskInfo",
+    "TaskTimeoutError",
+    "__version__",
+]

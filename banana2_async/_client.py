@@ -1,0 +1,381 @@
+"""AsyncBanana2: options, lifecycle, and the calls users make."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+from collections.abc import AsyncIterator, Iterable, Sequence
+from types import TracebackType
+
+import anyio
+import httpx
+from anyio.abc import TaskGroup, TaskStatus
+
+from ._exceptions import ConfigurationError, InvalidRequestError
+from ._handle import TaskHandle
+from ._http import DEFAULT_BASE_URL, DEFAULT_TIMEOUT, Wire, check_base_url
+from ._models import GenerationRequest, GenerationResult, TaskInfo
+from ._poller import Poller, Throttle
+from ._schedule import RateBudget, parse_interval
+from ._types import NOT_GIVEN, AspectRatio, NotGiven, OutputFormat, Resolution, TaskType
+
+__all__ = ["AsyncBanana2"]
+
+logger = logging.getLogger("banana2_async")
+
+DEFAULT_WAIT_TIMEOUT = 600.0
+DEFAULT_NOT_FOUND_GRACE = 10.0
+
+
+def _positive_int(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidRequestError(f"{name} must be a positive integer, got {value!r}", field=name)
+    return value
+
+
+def _wait_timeout(value: float | None, field: str = "wait_timeout") -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
+        raise InvalidRequestError(f"{field} must be a positive number of seconds or None, got {value!r}", field=field)
+    return float(value)
+
+
+class AsyncBanana2:
+    """The async client of the NanoBanana 2 image API.
+
+    Use it as ``async with AsyncBanana2() as client:``. Every task it submits
+    or tracks is watched by ONE poller per client, which polls each task
+    every ``poll_interval`` seconds and settles the task's handles.
+
+    Args:
+        api_key: The API key; defaults to ``$BANANA2_API_KEY``.
+        base_url: The API's address; defaults to ``$BANANA2_BASE_URL``, else
+            ``https://banana2api.com``.
+        poll_interval: Seconds between two polls of a task: a number, or
+            ``(low, high)`` to draw each interval uniformly from.
+        wait_timeout: Default deadline of a handle in seconds; ``None`` for none.
+        http_client: An ``httpx.AsyncClient`` of your own (transport, proxies,
+            HTTP/2). It is not closed by the client. Keep its connection pool
+            at least ``max_concurrent_submits + max_concurrent_polls``.
+        timeout: httpx timeouts of each request.
+        max_retries: How often a request is retried where retrying is safe.
+        max_concurrent_submits: Submits in flight at once; more wait in line.
+        max_concurrent_polls: Status polls in flight at once.
+        rate_limit: Requests per second shared by submits and polls; ``None``
+            for no limit. A 429 pauses every request either way.
+        retry_uncertain_submits: Retry a submit that may have been paid for
+            (read timeout, dropped connection, 500/502/504) instead of raising
+            `SubmissionUncertainError`. Prefers availability to credits.
+        allow_insecure_http: Allow a plain ``http://`` base URL to a host
+            other than loopback.
+        not_found_grace: Seconds after submit during which a 404 on a poll is
+            taken as the server not having caught up yet.
+        seed: Seeds the jitter of poll intervals and backoffs, for reproducible runs.
+
+    Raises:
+        ConfigurationError: No API key, or an unsafe or invalid base URL.
+        InvalidRequestError: An option is out of range.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        poll_interval: float | tuple[float, float] = (2.0, 3.0),
+        wait_timeout: float | None = DEFAULT_WAIT_TIMEOUT,
+        http_client: httpx.AsyncClient | None = None,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        max_retries: int = 3,
+        max_concurrent_submits: int = 16,
+        max_concurrent_polls: int = 48,
+        rate_limit: float | None = None,
+        retry_uncertain_submits: bool = False,
+        allow_insecure_http: bool = False,
+        not_found_grace: float = DEFAULT_NOT_FOUND_GRACE,
+        seed: int | None = None,
+    ) -> None:
+        key = api_key if api_key is not None else os.environ.get("BANANA2_API_KEY")
+        if not key or not key.strip():
+            raise ConfigurationError("no API key: pass api_key=... or set the BANANA2_API_KEY environment variable")
+        if any(ch.isspace() for ch in key.strip()) or not key.isprintable():
+            raise ConfigurationError("the API key contains whitespace or unprintable characters")
+        url = check_base_url(
+            base_url or os.environ.get("BANANA2_BASE_URL") or DEFAULT_BASE_URL,
+            allow_insecure_http=allow_insecure_http,
+        )
+        try:
+            interval = parse_interval(poll_interval)
+            budget = RateBudget(rate_limit)
+        except ValueError as exc:
+            field = "poll_interval" if "poll_interval" in str(exc) else "rate_limit"
+            raise InvalidRequestError(str(exc), field=field) from None
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise InvalidRequestError(f"max_retries must be 0 or more, got {max_retries!r}", field="max_retries")
+        submits = _positive_int("max_concurrent_submits", max_concurrent_submits)
+        polls = _positive_int("max_concurrent_polls", max_concurrent_polls)
+        if not_found_grace < 0:
+            raise InvalidRequestError("not_found_grace must not be negative", field="not_found_grace")
+
+        self._wait_timeout = _wait_timeout(wait_timeout)
+        self._rng = random.Random(seed)
+        self._throttle = Throttle(budget)
+        self._wire = Wire(
+            api_key=key.strip(),
+            base_url=url,
+            http_client=http_client,
+            timeout=timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout),
+            max_retries=max_retries,
+            max_in_flight=submits + polls,
+            retry_uncertain_submits=retry_uncertain_submits,
+            gate=self._throttle,
+            rng=self._rng,
+        )
+        self._poller = Poller(
+            self._wire,
+            interval=interval,
+            max_concurrent_polls=polls,
+            throttle=self._throttle,
+            not_found_grace=not_found_grace,
+            rng=self._rng,
+        )
+        self._submit_slots = anyio.CapacityLimiter(submits)
+        self._task_group: TaskGroup | None = None
+        self._poller_scope = anyio.CancelScope()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("open" if self._task_group else "not started")
+        return f"<AsyncBanana2 base_url={str(self.base_url)!r} {state}>"
+
+    @property
+    def base_url(self) -> httpx.URL:
+        """The API's address."""
+        return self._wire.base_url
+
+    @property
+    def http_client(self) -> httpx.AsyncClient:
+        """The httpx client requests go through."""
+        return self._wire.http_client
+
+    @property
+    def poller(self) -> Poller:
+        """The client's shared poller (for introspection: ``len(client.poller)``, ``polls_sent``)."""
+        return self._poller
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> AsyncBanana2:
+        if self._closed:
+            raise RuntimeError("this AsyncBanana2 is closed; create a new one")
+        if self._task_group is not None:
+            raise RuntimeError("this AsyncBanana2 is already open")
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        try:
+            await task_group.start(self._run_poller)
+        except BaseException as exc:
+            task_group.cancel_scope.cancel()
+            await task_group.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        self._task_group = task_group
+        return self
+
+    async def _run_poller(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        # Its own scope, so closing stops the poller without cancelling the code in the `async with` body.
+        with self._poller_scope:
+            await self._poller.run(task_status=task_status)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        task_group = self._task_group
+        try:
+            await self.aclose()
+        finally:
+            if task_group is not None:
+                # The body's own error is not the poller's: it propagates unwrapped,
+                # but a cancellation must reach the task group to be honoured there.
+                passed = exc if isinstance(exc, anyio.get_cancelled_exc_class()) else None
+                await task_group.__aexit__(type(passed) if passed else None, passed, traceback if passed else None)
+        return None
+
+    async def aclose(self) -> None:
+        """Fail every pending handle with `ClientClosedError`, stop the poller, close connections.
+
+        Safe to call more than once.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._poller.close()
+        self._poller_scope.cancel()
+        with anyio.CancelScope(shield=True):
+            await self._wire.aclose()
+
+    def _require_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this AsyncBanana2 is closed")
+        if self._task_group is None:
+            raise RuntimeError("use the client as 'async with AsyncBanana2(...) as client:' to submit or track tasks")
+
+    def _deadline_of(self, wait_timeout: float | NotGiven | None) -> float | None:
+        if isinstance(wait_timeout, NotGiven):
+            return self._wait_timeout
+        return _wait_timeout(wait_timeout)
+
+    # -- tasks --------------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        prompt: str,
+        *,
+        type: TaskType | None = None,
+        images: Sequence[str] | None = None,
+        aspect_ratio: AspectRatio | None = None,
+        resolution: Resolution | None = None,
+        output_format: OutputFormat | None = None,
+        wait_timeout: float | NotGiven | None = NOT_GIVEN,
+    ) -> TaskHandle:
+        """Submit one task and return its handle at once; ``await handle`` for the result.
+
+        Options left ``None`` are not sent, so the server's defaults apply
+        (text-to-image, 1:1, 1k, png). ``type`` is ``"edit"`` when ``images``
+        are given. ``wait_timeout`` overrides the client's default deadline.
+
+        Raises:
+            InvalidRequestError: An argument is invalid (nothing is sent).
+            SubmissionUncertainError: The request may have been paid for
+                without an answer; it is not sent again.
+            APIStatusError: The server refused it (`InsufficientCreditsError`, ...).
+            APIConnectionError: The server could not be reached.
+        """
+        request = GenerationRequest(
+            prompt=prompt,
+            type=type,
+            images=images,
+            aspect_ratio=aspect_ratio,
+            resolution=resolution,
+            output_format=output_format,
+        )
+        return await self.submit_request(request, wait_timeout=wait_timeout)
+
+    async def submit_request(
+        self,
+        request: GenerationRequest,
+        *,
+        wait_timeout: float | NotGiven | None = NOT_GIVEN,
+    ) -> TaskHandle:
+        """Submit a prepared `GenerationRequest`; otherwise the same as `submit`."""
+        if not isinstance(request, GenerationRequest):
+            raise InvalidRequestError("request must be a GenerationRequest", field="request")
+        timeout = self._deadline_of(wait_timeout)
+        self._require_open()
+        async with self._submit_slots:
+            # Once sent, the answer is awaited even if the caller is cancelled:
+            # a task id the server charged for must not be dropped.
+            with anyio.CancelScope(shield=True):
+                accepted = await self._wire.submit(request)
+                handle = self._poller.attach(accepted.task_id, wait_timeout=timeout, request=request)
+        return handle
+
+    async def generate(
+        self,
+        prompt: str,
+        *,
+        type: TaskType | None = None,
+        images: Sequence[str] | None = None,
+        aspect_ratio: AspectRatio | None = None,
+        resolution: Resolution | None = None,
+        output_format: OutputFormat | None = None,
+        wait_timeout: float | NotGiven | None = NOT_GIVEN,
+    ) -> GenerationResult:
+        """Submit one task and wait for its result; see `submit` for the arguments and errors.
+
+        Also raises `TaskFailedError` or `TaskTimeoutError` from the wait.
+        """
+        handle = await self.submit(
+            prompt,
+            type=type,
+            images=images,
+            aspect_ratio=aspect_ratio,
+            resolution=resolution,
+            output_format=output_format,
+            wait_timeout=wait_timeout,
+        )
+        return await handle
+
+    async def edit(
+        self,
+        prompt: str,
+        *,
+        images: Sequence[str],
+        aspect_ratio: AspectRatio | None = None,
+        resolution: Resolution | None = None,
+        output_format: OutputFormat | None = None,
+        wait_timeout: float | NotGiven | None = NOT_GIVEN,
+    ) -> GenerationResult:
+        """Edit 1-14 reference images with a text instruction and wait for the result."""
+        return await self.generate(
+            prompt,
+            type="edit",
+            images=images,
+            aspect_ratio=aspect_ratio,
+            resolution=resolution,
+            output_format=output_format,
+            wait_timeout=wait_timeout,
+        )
+
+    async def status(self, task_id: str) -> TaskInfo:
+        """One ``GET /api/status`` of ``task_id`` (retried on transient failures), no polling.
+
+        Works without entering the client's context.
+        """
+        if not isinstance(task_id, str) or not task_id.strip():
+            raise InvalidRequestError("task_id must be a non-empty string", field="task_id")
+        if self._closed:
+            raise RuntimeError("this AsyncBanana2 is closed")
+        return await self._wire.status(task_id)
+
+    def track(self, task_id: str, *, wait_timeout: float | NotGiven | None = NOT_GIVEN) -> TaskHandle:
+        """A handle on an existing task, watched by the shared poller.
+
+        Tracking a task that is already watched adds a handle but no polls.
+        A task not watched yet is polled at once.
+        """
+        if not isinstance(task_id, str) or not task_id.strip():
+            raise InvalidRequestError("task_id must be a non-empty string", field="task_id")
+        timeout = self._deadline_of(wait_timeout)
+        self._require_open()
+        return self._poller.attach(task_id, wait_timeout=timeout, immediately=True)
+
+    async def as_completed(self, handles: Iterable[TaskHandle]) -> AsyncIterator[TaskHandle]:
+        """Yield each handle as it settles, successes and failures alike.
+
+        Check each with ``await handle`` (returns or raises at once) or
+        ``handle.exception()``. Leaving the loop early releases the handles
+        no one else awaits.
+        """
+        pending = list(dict.fromkeys(handles))
+        if not pending:
+            return
+        send, receive = anyio.create_memory_object_stream[TaskHandle](len(pending))
+        for handle in pending:
+            handle._enter_wait()
+        try:
+            for handle in pending:
+                handle.add_done_callback(send.send_nowait)
+            for _ in pending:
+                yield await receive.receive()
+        finally:
+            for handle in pending:
+                handle.remove_done_callback(send.send_nowait)
+                handle._exit_wait()
+            send.close()
+            receive.close()

@@ -1,0 +1,238 @@
+"""The errors raised by banana2_async.
+
+Every error derives from one root::
+
+    Banana2Error
+    ├── ConfigurationError            no API key, plain http to a non-loopback host, ...
+    ├── InvalidRequestError(ValueError)  bad arguments, raised before any I/O
+    ├── APIConnectionError            the server could not be reached
+    │   └── APITimeoutError
+    ├── SubmissionUncertainError      the POST may have landed and been paid for
+    ├── APIResponseError              a body that is not the documented envelope
+    ├── APIStatusError                status_code, message, body, request id if any
+    │   ├── BadRequestError           400
+    │   ├── AuthenticationError       401
+    │   ├── InsufficientCreditsError  402
+    │   ├── NotFoundError             404
+    │   ├── RateLimitError            429 (retry_after)
+    │   └── InternalServerError       5xx
+    └── TaskError                     task_id
+        ├── TaskFailedError           the server says the task failed
+        ├── TaskTimeoutError          our deadline passed; the task may still finish
+        └── ClientClosedError         the client closed while the task was pending
+
+No error carries the API key: requests are described by method and path only.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._models import GenerationRequest
+
+__all__ = [
+    "APIConnectionError",
+    "APIResponseError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "Banana2Error",
+    "ClientClosedError",
+    "ConfigurationError",
+    "InsufficientCreditsError",
+    "InternalServerError",
+    "InvalidRequestError",
+    "NotFoundError",
+    "RateLimitError",
+    "SubmissionUncertainError",
+    "TaskError",
+    "TaskFailedError",
+    "TaskTimeoutError",
+    "error_for_status",
+]
+
+
+class Banana2Error(Exception):
+    """The root of every error raised by banana2_async."""
+
+
+class ConfigurationError(Banana2Error):
+    """The client is configured in a way that cannot work or is unsafe."""
+
+
+class InvalidRequestError(Banana2Error, ValueError):
+    """An argument is invalid; raised before any request is sent.
+
+    ``field`` names the offending argument (``"prompt"``, ``"images"``, ...).
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class APIConnectionError(Banana2Error):
+    """The server could not be reached, or the connection broke.
+
+    ``kind`` says how: ``"connect"``, ``"connect-timeout"`` and ``"pool-timeout"``
+    mean the request was never sent; ``"read-timeout"``, ``"write-timeout"`` and
+    ``"network"`` mean it may have reached the server; ``"local"`` means it could
+    not be formed.
+    """
+
+    def __init__(self, message: str, *, kind: str = "network", method: str = "", path: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.kind = kind
+        self.method = method
+        self.path = path
+
+
+class APITimeoutError(APIConnectionError):
+    """The request timed out."""
+
+
+class SubmissionUncertainError(Banana2Error):
+    """A ``POST /api/generate`` may have reached the server, and been paid for.
+
+    The API has no idempotency key, so the request is not sent again silently:
+    ``request`` is the request that may have landed. Check your account, or
+    submit it again knowingly.
+    """
+
+    def __init__(self, message: str, *, request: GenerationRequest, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.request = request
+        self.status_code = status_code
+
+
+class APIResponseError(Banana2Error):
+    """The server answered with a body that is not the documented envelope.
+
+    ``excerpt`` holds the start of the body, for diagnosis.
+    """
+
+    def __init__(self, message: str, *, status_code: int | None = None, excerpt: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.excerpt = excerpt
+
+
+class APIStatusError(Banana2Error):
+    """The server answered with an error status (HTTP, or the envelope's ``code``)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        body: Any = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.body = body
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        suffix = f" (request id {self.request_id})" if self.request_id else ""
+        return f"{self.status_code}: {self.message}{suffix}"
+
+
+class BadRequestError(APIStatusError):
+    """400: a parameter is missing or invalid."""
+
+
+class AuthenticationError(APIStatusError):
+    """401: the API key is missing or invalid."""
+
+
+class InsufficientCreditsError(APIStatusError):
+    """402: the account has too few credits."""
+
+
+class NotFoundError(APIStatusError):
+    """404: the task does not exist."""
+
+
+class RateLimitError(APIStatusError):
+    """429: too many requests. ``retry_after`` is the server's hint in seconds, if any."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int = 429,
+        body: Any = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, status_code=status_code, body=body, request_id=request_id)
+        self.retry_after = retry_after
+
+
+class InternalServerError(APIStatusError):
+    """5xx: the server failed."""
+
+
+class TaskError(Banana2Error):
+    """A task did not produce a result. ``task_id`` names it."""
+
+    def __init__(self, message: str, *, task_id: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.task_id = task_id
+
+
+class TaskFailedError(TaskError):
+    """The server reports the task as failed; ``status`` is the status it gave."""
+
+    def __init__(self, message: str, *, task_id: str, status: str = "FAILED") -> None:
+        super().__init__(message, task_id=task_id)
+        self.status = status
+
+
+class TaskTimeoutError(TaskError):
+    """The handle's deadline passed. The task may still finish: ``client.track(task_id)``."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"task {task_id} did not finish before its deadline", task_id=task_id)
+
+
+class ClientClosedError(TaskError):
+    """The client was closed while the task was still pending."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"the client closed while task {task_id} was pending", task_id=task_id)
+
+
+_STATUS_ERRORS: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    402: InsufficientCreditsError,
+    404: NotFoundError,
+    429: RateLimitError,
+}
+
+
+def error_for_status(
+    status_code: int,
+    message: str,
+    *,
+    body: Any = None,
+    request_id: str | None = None,
+    retry_after: float | None = None,
+) -> APIStatusError:
+    """Build the `APIStatusError` subclass that matches ``status_code``."""
+    if status_code == 429:
+        return RateLimitError(message, body=body, request_id=request_id, retry_after=retry_after)
+    cls = _STATUS_ERRORS.get(status_code)
+    if cls is None:
+        cls = InternalServerError if status_code >= 500 else APIStatusError
+    return cls(message, status_code=status_code, body=body, request_id=request_id)

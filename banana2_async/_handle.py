@@ -1,0 +1,161 @@
+"""TaskHandle: an awaitable, set-once view of one task, settled by the poller."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._models import GenerationRequest, GenerationResult
+
+if TYPE_CHECKING:
+    from ._poller import Poller
+
+__all__ = ["TaskHandle"]
+
+logger = logging.getLogger("banana2_async")
+
+DoneCallback = Callable[["TaskHandle"], object]
+
+
+class TaskHandle:
+    """A submitted or tracked task. ``await handle`` gives its `GenerationResult`.
+
+    Awaiting raises `TaskFailedError` when the server reports a failure,
+    `TaskTimeoutError` when the handle's deadline passes first,
+    `ClientClosedError` when the client closes, or the API error that ended
+    polling (`NotFoundError`, `AuthenticationError`, ...). A handle settles
+    once; awaiting it again gives the same outcome.
+
+    When every coroutine awaiting a handle is cancelled, the poller stops
+    polling the task for it; awaiting the handle again resumes polling.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_callbacks",
+        "_error",
+        "_event",
+        "_poller",
+        "_result",
+        "_waiters",
+        "deadline",
+        "request",
+        "task_id",
+    )
+
+    def __init__(
+        self,
+        task_id: str,
+        *,
+        poller: Poller,
+        deadline: float | None,
+        request: GenerationRequest | None = None,
+    ) -> None:
+        self.task_id = task_id
+        self.request = request
+        self.deadline = deadline
+        self._poller = poller
+        self._result: GenerationResult | None = None
+        self._error: BaseException | None = None
+        # Created on first wait: most handles of a bulk run are never awaited directly.
+        self._event: anyio.Event | None = None
+        self._waiters = 0
+        self._callbacks: list[DoneCallback] | None = None
+
+    def __repr__(self) -> str:
+        if self._result is not None:
+            state = "succeeded"
+        elif self._error is not None:
+            state = f"failed: {type(self._error).__name__}"
+        else:
+            state = "pending"
+        return f"<TaskHandle {self.task_id!r} {state}>"
+
+    def done(self) -> bool:
+        """Whether the handle has settled, with a result or an error."""
+        return self._result is not None or self._error is not None
+
+    def exception(self) -> BaseException | None:
+        """The error the handle settled with; ``None`` if it succeeded or is pending."""
+        return self._error
+
+    def result_nowait(self) -> GenerationResult:
+        """The result of a settled handle, raising its error if it failed.
+
+        Raises `RuntimeError` while the handle is still pending.
+        """
+        if self._error is not None:
+            raise self._error
+        if self._result is None:
+            raise RuntimeError(f"task {self.task_id} is still pending")
+        return self._result
+
+    async def result(self) -> GenerationResult:
+        """Wait for the task and return its result (the same as ``await handle``)."""
+        if not self.done():
+            if self._event is None:
+                self._event = anyio.Event()
+            event = self._event
+            self._enter_wait()
+            try:
+                await event.wait()
+            finally:
+                self._exit_wait()
+        return self.result_nowait()
+
+    def __await__(self) -> Generator[Any, None, GenerationResult]:
+        return self.result().__await__()
+
+    def add_done_callback(self, callback: DoneCallback) -> None:
+        """Call ``callback(handle)`` once the handle settles (at once if it has)."""
+        if self.done():
+            callback(self)
+        elif self._callbacks is None:
+            self._callbacks = [callback]
+        else:
+            self._callbacks.append(callback)
+
+    def remove_done_callback(self, callback: DoneCallback) -> None:
+        """Forget a callback added with `add_done_callback`."""
+        if self._callbacks and callback in self._callbacks:
+            self._callbacks.remove(callback)
+
+    @property
+    def waiting(self) -> bool:
+        """Whether any coroutine is awaiting the handle now."""
+        return self._waiters > 0
+
+    def _enter_wait(self) -> None:
+        """Count a waiter in; the poller resumes polling a handle that was released."""
+        self._waiters += 1
+        if self._waiters == 1:
+            self._poller.resume(self)
+
+    def _exit_wait(self) -> None:
+        """Count a waiter out; when the last one leaves early, the poller lets the task go."""
+        self._waiters -= 1
+        if self._waiters == 0 and not self.done():
+            self._poller.release(self)
+
+    def _settle(self, result: GenerationResult | None, error: BaseException | None) -> bool:
+        if self.done():
+            return False
+        self._result, self._error = result, error
+        if self._event is not None:
+            self._event.set()
+        callbacks, self._callbacks = self._callbacks, None
+        for callback in callbacks or ():
+            try:
+                callback(self)
+            except Exception:
+                logger.exception("a done callback of task %s raised", self.task_id)
+        return True
+
+    def _set_result(self, result: GenerationResult) -> bool:
+        return self._settle(result, None)
+
+    def _set_error(self, error: BaseException) -> bool:
+        return self._settle(None, error)

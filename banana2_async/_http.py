@@ -1,0 +1,317 @@
+"""The only place a request is sent: auth, envelope, error mapping, retry loops.
+
+httpx's exceptions are translated to the error tree here and nowhere else.
+The API key lives in one header mapping; it is never logged, repr'd or put in
+an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import random
+import time
+from collections.abc import Iterator
+from typing import Any, Final, NoReturn, Protocol
+
+import anyio
+import httpx
+
+from ._exceptions import (
+    APIConnectionError,
+    APIResponseError,
+    APIStatusError,
+    APITimeoutError,
+    Banana2Error,
+    ConfigurationError,
+    RateLimitError,
+    SubmissionUncertainError,
+)
+from ._models import GenerationRequest, SubmitAccepted, TaskInfo, decode_envelope, parse_submit, parse_task
+from ._retry import Failure, backoff, outcome_of, retry_after_seconds, status_decision, submit_decision
+from ._version import __version__
+
+__all__ = ["DEFAULT_BASE_URL", "DEFAULT_TIMEOUT", "Gate", "Wire", "check_base_url"]
+
+logger = logging.getLogger("banana2_async")
+
+DEFAULT_BASE_URL: Final = "https://banana2api.com"
+DEFAULT_TIMEOUT: Final = httpx.Timeout(30.0, connect=10.0)
+MAX_BODY_BYTES: Final = 4 * 1024 * 1024
+USER_AGENT: Final = f"banana2-async/{__version__}"
+
+_LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+class Gate(Protocol):
+    """Where every request waits its turn: the shared rate budget and 429 pause."""
+
+    async def acquire(self) -> None:
+        """Wait until a request may be sent."""
+
+    def pause(self, seconds: float) -> None:
+        """Hold every request back for ``seconds`` (after a 429)."""
+
+
+class _OpenGate:
+    """A gate that never holds a request back."""
+
+    async def acquire(self) -> None:
+        return None
+
+    def pause(self, seconds: float) -> None:
+        return None
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url(base_url: str, *, allow_insecure_http: bool) -> httpx.URL:
+    """Parse and vet a base URL: https, or plain http only to loopback unless allowed."""
+    try:
+        url = httpx.URL(base_url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise ConfigurationError(f"base_url is not a valid URL: {exc}") from exc
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigurationError(f"base_url must be an http(s) URL with a host, not {base_url!r}")
+    if url.scheme == "http" and not allow_insecure_http and not _is_loopback(url.host):
+        raise ConfigurationError(
+            f"base_url {base_url!r} is plain http to a host other than loopback: the API key would travel "
+            "unencrypted. Use https, or pass allow_insecure_http=True if you mean it."
+        )
+    return url.copy_with(query=None, fragment=None)
+
+
+_TIMEOUT_KINDS: Final[dict[type[httpx.TimeoutException], Failure]] = {
+    httpx.ConnectTimeout: Failure.CONNECT_TIMEOUT,
+    httpx.PoolTimeout: Failure.POOL_TIMEOUT,
+    httpx.WriteTimeout: Failure.WRITE_TIMEOUT,
+}
+
+
+@contextlib.contextmanager
+def _translated(method: str, path: str) -> Iterator[None]:
+    """Translate httpx's exceptions into the error tree."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        kind = _TIMEOUT_KINDS.get(type(exc), Failure.READ_TIMEOUT).value
+        raise APITimeoutError(f"{method} {path} timed out ({kind})", kind=kind, method=method, path=path) from exc
+    except httpx.ConnectError as exc:
+        raise APIConnectionError(
+            f"{method} {path}: could not connect", kind=Failure.CONNECT.value, method=method, path=path
+        ) from exc
+    except httpx.UnsupportedProtocol as exc:
+        raise ConfigurationError(f"{method} {path}: unsupported URL scheme") from exc
+    except httpx.LocalProtocolError as exc:
+        raise APIConnectionError(
+            f"{method} {path}: the request could not be sent", kind=Failure.LOCAL.value, method=method, path=path
+        ) from exc
+    except httpx.TooManyRedirects as exc:
+        raise APIResponseError(f"{method} {path}: too many redirects") from exc
+    except httpx.DecodingError as exc:
+        raise APIResponseError(f"{method} {path}: the answer could not be decoded") from exc
+    except httpx.HTTPError as exc:
+        raise APIConnectionError(
+            f"{method} {path}: the connection broke ({type(exc).__name__})",
+            kind=Failure.NETWORK.value,
+            method=method,
+            path=path,
+        ) from exc
+
+
+class Wire:
+    """Sends the API's two requests through an httpx client.
+
+    Every request waits at the shared `Gate`, then for one of ``max_in_flight``
+    slots, so the SDK never has more requests in flight than the connection
+    pool holds.
+    """
+
+    __slots__ = (
+        "_client",
+        "_gate",
+        "_generate_url",
+        "_headers",
+        "_max_retries",
+        "_owns_client",
+        "_retry_uncertain",
+        "_rng",
+        "_slots",
+        "_status_url",
+        "_timeout",
+        "base_url",
+    )
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        base_url: httpx.URL,
+        http_client: httpx.AsyncClient | None,
+        timeout: httpx.Timeout,
+        max_retries: int,
+        max_in_flight: int,
+        retry_uncertain_submits: bool,
+        gate: Gate | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.base_url = base_url
+        prefix = base_url.path.rstrip("/")
+        self._generate_url = base_url.copy_with(path=f"{prefix}/api/generate")
+        self._status_url = base_url.copy_with(path=f"{prefix}/api/status")
+        self._headers = {
+            "Authorization": f"Bearer {api_key}",
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+        self._owns_client = http_client is None
+        self._client = http_client or httpx.AsyncClient(
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight),
+        )
+        self._timeout = timeout
+        self._max_retries = max_retries
+        self._retry_uncertain = retry_uncertain_submits
+        self._slots = anyio.CapacityLimiter(max_in_flight)
+        self._gate: Gate = gate or _OpenGate()
+        self._rng = rng or random.Random()
+
+    @property
+    def http_client(self) -> httpx.AsyncClient:
+        """The httpx client requests go through."""
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the httpx client if this wire created it."""
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def _send(self, request: httpx.Request) -> tuple[int, bytes, httpx.Headers]:
+        path = request.url.path
+        await self._gate.acquire()
+        async with self._slots:
+            started = time.perf_counter()
+            with _translated(request.method, path):
+                response = await self._client.send(request, stream=True, follow_redirects=True)
+                try:
+                    content = await self._read_capped(response)
+                finally:
+                    await response.aclose()
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "%s %s -> %d in %.1f ms",
+                request.method,
+                path,
+                response.status_code,
+                (time.perf_counter() - started) * 1000,
+            )
+        return response.status_code, content, response.headers
+
+    @staticmethod
+    async def _read_capped(response: httpx.Response) -> bytes:
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            raise APIResponseError(
+                f"the answer declares {declared} bytes; more than {MAX_BODY_BYTES} is not an API answer",
+                status_code=response.status_code,
+            )
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise APIResponseError(
+                    f"the answer is larger than {MAX_BODY_BYTES} bytes; not an API answer",
+                    status_code=response.status_code,
+                    excerpt=b"".join(chunks)[:200].decode("utf-8", errors="replace"),
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _exchange(self, request: httpx.Request) -> tuple[int, dict[str, Any]]:
+        status_code, content, headers = await self._send(request)
+        retry_after = retry_after_seconds(headers.get("retry-after"), now=time.time())
+        envelope = decode_envelope(
+            status_code,
+            content,
+            request_id=headers.get("x-request-id"),
+            retry_after=retry_after,
+        )
+        return status_code, envelope
+
+    def _status_request(self, task_id: str) -> httpx.Request:
+        return self._client.build_request(
+            "GET", self._status_url, params={"task_id": task_id}, headers=self._headers, timeout=self._timeout
+        )
+
+    async def poll(self, task_id: str) -> TaskInfo:
+        """One ``GET /api/status``, no retry: the poller owns backoff."""
+        status_code, envelope = await self._exchange(self._status_request(task_id))
+        return parse_task(envelope, task_id=task_id, status_code=status_code)
+
+    async def status(self, task_id: str) -> TaskInfo:
+        """``GET /api/status``, retried on transient failures with backoff and ``Retry-After``."""
+        attempt = 0
+        while True:
+            try:
+                return await self.poll(task_id)
+            except (APIConnectionError, APIResponseError, APIStatusError) as exc:
+                if status_decision(outcome_of(exc)) != "retry" or attempt >= self._max_retries:
+                    raise
+                await self._wait_before_retry(exc, attempt)
+                attempt += 1
+
+    async def submit(self, request: GenerationRequest) -> SubmitAccepted:
+        """``POST /api/generate``, never paying twice.
+
+        Retried only where the request cannot have been paid for (not sent,
+        429, 503). Where it may have landed, `SubmissionUncertainError` is
+        raised instead, unless the client opted into ``retry_uncertain_submits``.
+        """
+        body = request.to_wire()
+        attempt = 0
+        while True:
+            try:
+                status_code, envelope = await self._exchange(
+                    self._client.build_request(
+                        "POST", self._generate_url, json=body, headers=self._headers, timeout=self._timeout
+                    )
+                )
+                return parse_submit(envelope, status_code=status_code)
+            except (APIConnectionError, APIResponseError, APIStatusError) as exc:
+                decision = submit_decision(outcome_of(exc))
+                if decision == "raise":
+                    raise
+                if decision == "uncertain" and (not self._retry_uncertain or attempt >= self._max_retries):
+                    self._raise_uncertain(request, exc)
+                if attempt >= self._max_retries:
+                    raise
+                await self._wait_before_retry(exc, attempt)
+                attempt += 1
+
+    @staticmethod
+    def _raise_uncertain(request: GenerationRequest, exc: Banana2Error) -> NoReturn:
+        status_code = exc.status_code if isinstance(exc, (APIStatusError, APIResponseError)) else None
+        raise SubmissionUncertainError(
+            f"POST /api/generate may have reached the server and been paid for ({exc}); "
+            "it was not sent again. Check the account before submitting it again.",
+            request=request,
+            status_code=status_code,
+        ) from exc
+
+    async def _wait_before_retry(self, exc: Banana2Error, attempt: int) -> None:
+        delay = backoff(attempt, rng=self._rng)
+        if isinstance(exc, RateLimitError):
+            if exc.retry_after is not None:
+                delay = exc.retry_after
+            self._gate.pause(delay)
+        logger.debug("retrying after %s in %.2f s", type(exc).__name__, delay)
+        await anyio.sleep(delay)

@@ -1,0 +1,325 @@
+"""The one poller of a client: the async shell around `PollSchedule`.
+
+One dispatch coroutine sleeps until the earliest due poll, deadline or new
+registration (with nothing registered it does not wake at all) and hands due
+task ids to a fixed pool of ``max_concurrent_polls`` workers. Every task id
+is polled once however many handles wait on it, and whatever goes wrong with
+one answer settles or reschedules that task only.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable
+from typing import Final
+
+import anyio
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._exceptions import (
+    AuthenticationError,
+    Banana2Error,
+    ClientClosedError,
+    NotFoundError,
+    RateLimitError,
+    TaskFailedError,
+    TaskTimeoutError,
+)
+from ._handle import TaskHandle
+from ._http import Wire
+from ._models import GenerationRequest, GenerationResult, TaskInfo
+from ._retry import backoff, outcome_of, status_decision
+from ._schedule import Interval, PollSchedule, RateBudget, TimerHeap
+
+__all__ = ["Poller", "Throttle"]
+
+logger = logging.getLogger("banana2_async")
+
+_MAX_UNKNOWN_LOGGED: Final = 64
+
+
+class Throttle:
+    """The shared gate of a client: `RateBudget` applied with anyio's clock."""
+
+    __slots__ = ("budget",)
+
+    def __init__(self, budget: RateBudget) -> None:
+        self.budget = budget
+
+    async def acquire(self) -> None:
+        """Wait until the rate budget and any 429 pause let one request go."""
+        delay = self.budget.reserve(anyio.current_time())
+        while delay > 0:
+            await anyio.sleep(delay)
+            delay = self.budget.pause_remaining(anyio.current_time())
+
+    def pause(self, seconds: float) -> None:
+        """Hold every request back for ``seconds``."""
+        self.budget.pause(anyio.current_time(), seconds)
+
+    def pause_remaining(self) -> float:
+        """Seconds left of the current 429 pause."""
+        return self.budget.pause_remaining(anyio.current_time())
+
+
+class _Entry:
+    __slots__ = ("handles", "last_error", "registered_at")
+
+    def __init__(self, registered_at: float) -> None:
+        self.handles: list[TaskHandle] = []
+        self.registered_at = registered_at
+        self.last_error: BaseException | None = None
+
+
+class Poller:
+    """Watches every in-flight task of one client and settles its handles."""
+
+    __slots__ = (
+        "_closed",
+        "_coalesce",
+        "_deadlines",
+        "_entries",
+        "_max_concurrent",
+        "_not_found_grace",
+        "_rate_limited",
+        "_rng",
+        "_schedule",
+        "_throttle",
+        "_unknown_logged",
+        "_wake_at",
+        "_wakeup",
+        "_wire",
+        "polls_sent",
+    )
+
+    def __init__(
+        self,
+        wire: Wire,
+        *,
+        interval: Interval,
+        max_concurrent_polls: int,
+        throttle: Throttle,
+        not_found_grace: float,
+        rng: random.Random,
+    ) -> None:
+        self._wire = wire
+        self._throttle = throttle
+        self._max_concurrent = max_concurrent_polls
+        self._not_found_grace = not_found_grace
+        self._rng = rng
+        self._schedule: PollSchedule[str] = PollSchedule(interval, rng)
+        self._deadlines: TimerHeap[TaskHandle] = TimerHeap()
+        self._entries: dict[str, _Entry] = {}
+        # Polls due within this window are sent together: fewer wake-ups, a few ms of slip.
+        self._coalesce = min(0.01, interval[0] / 10)
+        self._wakeup: anyio.Event | None = None
+        self._wake_at = math.inf
+        self._unknown_logged: set[str] = set()
+        self._rate_limited = 0
+        self._closed = False
+        self.polls_sent = 0
+
+    def __len__(self) -> int:
+        """The number of distinct tasks being polled."""
+        return len(self._entries)
+
+    def pending(self) -> list[TaskHandle]:
+        """Every handle the poller is watching."""
+        return [handle for entry in self._entries.values() for handle in entry.handles]
+
+    # -- registration -------------------------------------------------------------------------
+
+    def attach(
+        self,
+        task_id: str,
+        *,
+        wait_timeout: float | None,
+        request: GenerationRequest | None = None,
+        immediately: bool = False,
+    ) -> TaskHandle:
+        """A new handle on ``task_id``, polled from now on; its deadline is ``wait_timeout`` away."""
+        now = anyio.current_time()
+        deadline = None if wait_timeout is None else now + wait_timeout
+        handle = TaskHandle(task_id, poller=self, deadline=deadline, request=request)
+        self._register(handle, now, immediately=immediately)
+        return handle
+
+    def _register(self, handle: TaskHandle, now: float, *, immediately: bool = False) -> None:
+        if self._closed:
+            handle._set_error(ClientClosedError(handle.task_id))
+            return
+        entry = self._entries.get(handle.task_id)
+        if entry is None:
+            entry = self._entries[handle.task_id] = _Entry(now)
+            self._wake_by(self._schedule.add(handle.task_id, now, immediately=immediately))
+        entry.handles.append(handle)
+        if handle.deadline is not None:
+            if handle.deadline <= now:
+                self._expire(handle)
+                return
+            self._deadlines.set(handle, handle.deadline)
+            self._wake_by(handle.deadline)
+
+    def resume(self, handle: TaskHandle) -> None:
+        """Poll for ``handle`` again if it was released and is still pending."""
+        if handle.done():
+            return
+        entry = self._entries.get(handle.task_id)
+        if entry is None or handle not in entry.handles:
+            self._register(handle, anyio.current_time())
+
+    def release(self, handle: TaskHandle) -> None:
+        """Stop polling for ``handle``; the task stops being polled when no handle is left."""
+        entry = self._entries.get(handle.task_id)
+        self._deadlines.discard(handle)
+        if entry is None or handle not in entry.handles:
+            return
+        entry.handles.remove(handle)
+        if not entry.handles:
+            del self._entries[handle.task_id]
+            self._schedule.discard(handle.task_id)
+
+    def _wake_by(self, when: float) -> None:
+        if when < self._wake_at and self._wakeup is not None:
+            self._wake_at = when
+            self._wakeup.set()
+
+    # -- settling ---------------------------------------------------------------------------------
+
+    def _settle(self, task_id: str, result: GenerationResult | None, error: BaseException | None) -> None:
+        entry = self._entries.pop(task_id, None)
+        self._schedule.discard(task_id)
+        if entry is None:
+            return
+        for handle in entry.handles:
+            self._deadlines.discard(handle)
+            handle._settle(result, error)
+
+    def _expire(self, handle: TaskHandle) -> None:
+        entry = self._entries.get(handle.task_id)
+        self.release(handle)
+        error = TaskTimeoutError(handle.task_id)
+        if entry is not None and entry.last_error is not None:
+            error.__cause__ = entry.last_error
+        handle._set_error(error)
+
+    def fail_all(self, error_for: Callable[[str], BaseException]) -> None:
+        """Settle every pending handle with ``error_for(task_id)``."""
+        for task_id in list(self._entries):
+            self._settle(task_id, None, error_for(task_id))
+
+    def close(self) -> None:
+        """Fail every pending handle with `ClientClosedError`; later registrations fail at once."""
+        self._closed = True
+        self.fail_all(ClientClosedError)
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    # -- the coroutines ------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Dispatch due polls to the workers until cancelled."""
+        send, receive = anyio.create_memory_object_stream[str](math.inf)
+        self._wakeup = anyio.Event()
+        async with receive, anyio.create_task_group() as workers:
+            for _ in range(self._max_concurrent):
+                workers.start_soon(self._work, receive)
+            task_status.started()
+            async with send:
+                await self._dispatch(send)
+
+    async def _dispatch(self, send: MemoryObjectSendStream[str]) -> None:
+        schedule, deadlines = self._schedule, self._deadlines
+        while not self._closed:
+            now = anyio.current_time()
+            for handle in deadlines.pop_due(now):
+                self._expire(handle)
+            paused = self._throttle.pause_remaining()
+            if paused <= 0:
+                for task_id in schedule.pop_due(now):
+                    send.send_nowait(task_id)
+            wake = math.inf
+            next_poll = schedule.next_time()
+            if next_poll is not None:
+                wake = max(next_poll + self._coalesce, now + paused)
+            next_deadline = deadlines.next_time()
+            if next_deadline is not None:
+                wake = min(wake, next_deadline)
+            self._wake_at = wake
+            wakeup = self._wakeup
+            assert wakeup is not None
+            if wake == math.inf:
+                await wakeup.wait()
+            else:
+                with anyio.move_on_after(wake - now):
+                    await wakeup.wait()
+            if wakeup.is_set():
+                self._wakeup = anyio.Event()
+
+    async def _work(self, receive: MemoryObjectReceiveStream[str]) -> None:
+        async for task_id in receive:
+            if task_id in self._entries:
+                await self._poll(task_id)
+
+    async def _poll(self, task_id: str) -> None:
+        await self._throttle.acquire()
+        sent = anyio.current_time()
+        self.polls_sent += 1
+        try:
+            info = await self._wire.poll(task_id)
+        except Banana2Error as exc:
+            self._poll_failed(task_id, sent, exc)
+        except Exception as exc:
+            # A bug must cost one task its result, never the poller its life.
+            logger.exception("polling task %s failed unexpectedly", task_id)
+            self._settle(task_id, None, exc)
+        else:
+            self._rate_limited = 0
+            self._answered(task_id, sent, info)
+
+    def _answered(self, task_id: str, sent: float, info: TaskInfo) -> None:
+        state = info.state
+        if state == "success":
+            self._settle(task_id, GenerationResult.from_info(info), None)
+        elif state == "failed":
+            status = str(info.status)
+            message = info.error_detail or f"task {task_id} ended with status {status}"
+            self._settle(task_id, None, TaskFailedError(message, task_id=task_id, status=status))
+        elif task_id in self._entries:
+            if state == "unknown":
+                self._log_unknown(info.status)
+            self._wake_by(self._schedule.polled(task_id, sent))
+
+    def _poll_failed(self, task_id: str, sent: float, exc: Banana2Error) -> None:
+        entry = self._entries.get(task_id)
+        if entry is None:
+            return
+        if isinstance(exc, AuthenticationError):
+            logger.error("the API key was refused while polling; failing every pending task")
+            self.fail_all(lambda _: exc)
+            return
+        young = sent - entry.registered_at < self._not_found_grace
+        if not (isinstance(exc, NotFoundError) and young) and status_decision(outcome_of(exc)) == "raise":
+            self._settle(task_id, None, exc)
+            return
+        entry.last_error = exc
+        if isinstance(exc, RateLimitError):
+            self._rate_limited += 1
+            pause = exc.retry_after
+            if pause is None:
+                pause = backoff(self._rate_limited - 1, rng=self._rng, base=1.0)
+            logger.warning("rate limited: pausing every request for %.1f s", pause)
+            self._throttle.pause(pause)
+            self._wake_by(self._schedule.polled(task_id, sent))
+        else:
+            logger.debug("poll of task %s failed (%s); backing off", task_id, type(exc).__name__)
+            self._wake_by(self._schedule.failed(task_id, sent))
+
+    def _log_unknown(self, status: str | None) -> None:
+        key = str(status)
+        if key not in self._unknown_logged and len(self._unknown_logged) < _MAX_UNKNOWN_LOGGED:
+            self._unknown_logged.add(key)
+            logger.warning("unknown task status %r: treating it as in flight", status)

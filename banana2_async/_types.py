@@ -1,0 +1,55 @@
+"""Small shared types: the ``NOT_GIVEN`` sentinel and the documented value sets."""
+
+from __future__ import annotations
+
+import enum
+from typing import Final, Literal
+
+__all__ = [
+    "ASPECT_RATIOS",
+    "NOT_GIVEN",
+    "OUTPUT_FORMATS",
+    "RESOLUTIONS",
+    "TASK_TYPES",
+    "AspectRatio",
+    "NotGiven",
+    "OutputFormat",
+    "Resolution",
+    "TaskType",
+]
+
+
+class NotGiven(enum.Enum):
+    """Marks an argument the caller did not pass, where ``None`` means something else."""
+
+    NOT_GIVEN = enum.auto()
+
+    def __repr__(self) -> str:
+        return "NOT_GIVEN"
+
+    def __bool__(self) -> Literal[False]:
+        return False
+
+
+NOT_GIVEN: Final = NotGiven.NOT_GIVEN
+
+TaskType = Literal["text-to-image", "edit"]
+AspectRatio = Literal["1:1", "3:2", "2:3", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9"]
+Resolution = Literal["1k", "2k", "4k"]
+OutputFormat = Literal["png", "jpeg"]
+
+TASK_TYPES: Final[tuple[TaskType, ...]] = ("text-to-image", "edit")
+ASPECT_RATIOS: Final[tuple[AspectRatio, ...]] = (
+    "1:1",
+    "3:2",
+    "2:3",
+    "3:4",
+    "4:3",
+    "4:5",
+    "5:4",
+    "9:16",
+    "16:9",
+    "21:9",
+)
+RESOLUTIONS: Final[tuple[Resolution, ...]] = ("1k", "2k", "4k")
+OUTPUT_FORMATS: Final[tuple[OutputFormat, ...]] = ("png", "jpeg")
