@@ -371,8 +371,10 @@ async def test_counters_record_requests_polls_prompts_and_credits(
     assert stats.tasks_created == 3
 
     sim.reset_stats()
-    assert sim.stats.count() == 0
-    assert sim.stats.tasks_created == 3
+    assert sim.stats == testing.SimulatorStats(
+        requests={}, poll_times={}, tasks_per_prompt={}, credits_spent=0, tasks_created=0
+    )
+    assert len(sim.tasks()) == 3
 
 
 async def test_a_removed_key_is_refused(http: httpx.AsyncClient, sim: Simulator) -> None:

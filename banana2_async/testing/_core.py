@@ -143,6 +143,7 @@ class Simulator:
     __slots__ = (
         "_accounts",
         "_clock",
+        "_created",
         "_credits_spent",
         "_fault_rng",
         "_id_rng",
@@ -196,6 +197,7 @@ class Simulator:
         self._polls: dict[str, list[float]] = {}
         self._prompts: Counter[str] = Counter()
         self._credits_spent = 0
+        self._created = 0
         self._request_count = 0
 
     def __repr__(self) -> str:
@@ -286,16 +288,17 @@ class Simulator:
                 poll_times={task_id: tuple(times) for task_id, times in self._polls.items()},
                 tasks_per_prompt=dict(self._prompts),
                 credits_spent=self._credits_spent,
-                tasks_created=len(self._tasks),
+                tasks_created=self._created,
             )
 
     def reset_stats(self) -> None:
-        """Zero the request, poll, prompt and credit counters; tasks and accounts stay."""
+        """Zero every counter; tasks, accounts and faults stay."""
         with self._lock:
             self._requests.clear()
             self._polls.clear()
             self._prompts.clear()
             self._credits_spent = 0
+            self._created = 0
 
     def tasks(self) -> list[SimulatedTask]:
         """Every task created so far, oldest first, as the next poll would see it."""
@@ -461,6 +464,7 @@ class Simulator:
 
         self._accounts[api_key] = balance - cost
         self._credits_spent += cost
+        self._created += 1
         self._prompts[request.prompt] += 1
         task_id = self._new_task_id()
         low, high = self._latency[request.resolution or "1k"]

@@ -20,7 +20,8 @@ class SimulatorStats:
     ``"generate"``, ``"status"``, ``"result"`` or ``"other"``, and the status
     is `DROPPED` (0) for a connection closed without an answer.
     ``poll_times`` holds, per task id, the simulator clock at each
-    ``GET /api/status`` naming it, whatever the answer.
+    ``GET /api/status`` naming it, whatever the answer. Every counter
+    starts from the last `Simulator.reset_stats`.
     """
 
     requests: Mapping[tuple[str, int], int]
