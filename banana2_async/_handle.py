@@ -54,9 +54,9 @@ class TaskHandle:
         deadline: float | None,
         request: GenerationRequest | None = None,
     ) -> None:
-        self.task_id = task_id
-        self.request = request
-        self.deadline = deadline
+        self.task_id: str = task_id
+        self.request: GenerationRequest | None = request
+        self.deadline: float | None = deadline
         self._poller = poller
         self._result: GenerationResult | None = None
         self._error: BaseException | None = None

@@ -163,7 +163,7 @@ class Wire:
         gate: Gate | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        self.base_url = base_url
+        self.base_url: httpx.URL = base_url
         prefix = base_url.path.rstrip("/")
         self._generate_url = base_url.copy_with(path=f"{prefix}/api/generate")
         self._status_url = base_url.copy_with(path=f"{prefix}/api/status")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, Literal
+from typing import Any, ClassVar, Final, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
@@ -78,7 +78,7 @@ class GenerationRequest(BaseModel):
     when ``images`` are given (see `task_type`).
     """
 
-    model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
+    model_config: ClassVar[ConfigDict] = ConfigDict(frozen=True, strict=True, extra="forbid")
 
     prompt: str
     type: TaskType | None = None
@@ -206,7 +206,9 @@ def _invalid(exc: ValidationError) -> InvalidRequestError:
 
 
 class _Tolerant(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
+    """A response model: unknown fields are kept, so a new API field never breaks an old client."""
+
+    model_config: ClassVar[ConfigDict] = ConfigDict(extra="allow", frozen=True)
 
 
 class SubmitAccepted(_Tolerant):
@@ -253,7 +255,7 @@ class TaskInfo(_Tolerant):
 class GenerationResult(BaseModel):
     """A finished task: its result image URLs, and the task as the server reported it."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config: ClassVar[ConfigDict] = ConfigDict(frozen=True)
 
     task_id: str
     images: list[str]

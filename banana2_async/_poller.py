@@ -47,7 +47,7 @@ class Throttle:
     __slots__ = ("budget",)
 
     def __init__(self, budget: RateBudget) -> None:
-        self.budget = budget
+        self.budget: RateBudget = budget
 
     async def acquire(self) -> None:
         """Wait until the rate budget and any 429 pause let one request go."""
@@ -120,7 +120,7 @@ class Poller:
         self._unknown_logged: set[str] = set()
         self._rate_limited = 0
         self._closed = False
-        self.polls_sent = 0
+        self.polls_sent: int = 0
 
     def __len__(self) -> int:
         """The number of distinct tasks being polled."""

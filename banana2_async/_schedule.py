@@ -187,11 +187,11 @@ class RateBudget:
     def __init__(self, rate: float | None = None, *, burst: float | None = None) -> None:
         if rate is not None and not rate > 0:
             raise ValueError(f"rate_limit must be a positive number of requests per second, got {rate!r}")
-        self.rate = rate
-        self.burst = max(1.0, burst if burst is not None else (rate or 1.0))
+        self.rate: float | None = rate
+        self.burst: float = max(1.0, burst if burst is not None else (rate or 1.0))
         self._tokens = self.burst
         self._updated: float | None = None
-        self.paused_until = float("-inf")
+        self.paused_until: float = float("-inf")
 
     def pause(self, now: float, seconds: float) -> None:
         """Hold every request back until ``now + seconds`` (never shortening a pause)."""
