@@ -96,7 +96,8 @@ def backoff(attempt: int, *, rng: random.Random, base: float = 0.5, cap: float =
     Half of the exponential step is fixed and half is drawn, so waits grow
     steadily while retries of many callers spread out.
     """
-    step = min(cap, base * math.pow(2.0, max(attempt, 0)))
+    # The exponent is bounded so that a long run of failures reaches the cap, not an OverflowError.
+    step = min(cap, base * math.pow(2.0, min(max(attempt, 0), 64)))
     return step / 2 + rng.uniform(0.0, step / 2)
 
 
