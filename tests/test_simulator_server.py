@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ import httpx
 import pytest
 
 from banana2_async.testing import DROPPED, Fault, Simulator, SimulatorServer
+from banana2_async.testing.__main__ import main
 
 pytestmark = pytest.mark.anyio
 
@@ -220,12 +224,106 @@ def test_the_command_line_serves_until_interrupted() -> None:
         process.communicate()
 
 
-def test_the_command_line_reports_a_busy_port() -> None:
-    """The command line exits 1 with a message when its port is taken."""
+def test_main_serves_until_its_stop_event_is_set(capsys: pytest.CaptureFixture[str]) -> None:
+    """main() serves on the given port with the given key until stop is set, then returns 0."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    stop = threading.Event()
+    answers: list[int] = []
+
+    def use_it() -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": "Bearer sk-main"}) as http:
+            for _ in range(500):
+                try:
+                    answers.append(http.post("/api/generate", json={"prompt": "in-process"}).status_code)
+                    break
+                except httpx.ConnectError:
+                    time.sleep(0.01)
+        stop.set()
+
+    helper = threading.Thread(target=use_it)
+    helper.start()
+    try:
+        assert main(["serve", "--port", str(port), "--api-key", "sk-main", "--speed", "1000"], stop=stop) == 0
+    finally:
+        stop.set()
+        helper.join()
+    assert answers == [200]
+    assert f"Serving the NanoBanana 2 simulator at http://127.0.0.1:{port}" in capsys.readouterr().out
+
+
+def test_main_reports_a_busy_port(capsys: pytest.CaptureFixture[str]) -> None:
+    """main() returns 1 with an error message when its port is taken."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        process = _run_cli("serve", "--port", str(taken.getsockname()[1]))
-        _, errors = process.communicate(timeout=10)
-    assert process.returncode == 1
-    assert errors.startswith("error:")
+        assert main(["serve", "--port", str(taken.getsockname()[1])]) == 1
+    assert capsys.readouterr().err.startswith("error:")
+
+
+class _Peer:
+    """Plays the ASGI server's side of one connection: feeds messages in, keeps what the app sends."""
+
+    def __init__(self, *incoming: dict[str, Any]) -> None:
+        self.incoming = list(incoming)
+        self.sent: list[dict[str, Any]] = []
+
+    async def receive(self) -> dict[str, Any]:
+        return self.incoming.pop(0) if self.incoming else {"type": "http.disconnect"}
+
+    async def send(self, message: Any) -> None:
+        self.sent.append(dict(message))
+
+
+def _scope(method: str, path: str, query: bytes = b"", *, host: bool = True) -> dict[str, Any]:
+    headers = [(b"authorization", b"Bearer sk-sim-test")] + ([(b"host", b"sim.example:81")] if host else [])
+    return {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "query_string": query,
+        "headers": headers,
+        "scheme": "http",
+        "server": ("10.0.0.1", 8080),
+    }
+
+
+async def test_the_asgi_app_ignores_scopes_other_than_http() -> None:
+    """A websocket scope gets nothing from the app, which speaks plain HTTP only."""
+    peer = _Peer()
+    await Simulator().asgi_app()({"type": "websocket"}, peer.receive, peer.send)
+    assert peer.sent == []
+
+
+async def test_a_client_that_leaves_before_its_body_arrives_gets_no_answer() -> None:
+    """If the client disconnects while the body is read, nothing is handled or sent."""
+    sim = Simulator()
+    peer = _Peer({"type": "http.request", "body": b'{"prompt"', "more_body": True}, {"type": "http.disconnect"})
+    await sim.asgi_app()(_scope("POST", "/api/generate"), peer.receive, peer.send)
+    assert peer.sent == []
+    assert sim.stats.count() == 0
+
+
+async def test_result_urls_follow_the_host_header_or_else_the_server_address() -> None:
+    """Result URLs use the Host the client called, or the server's own address when there is none."""
+    sim = Simulator(speed=float("inf"))
+    app = sim.asgi_app()
+    assert app.simulator is sim
+    created = _Peer({"type": "http.request", "body": b'{"prompt": "where"}'})
+    await app(_scope("POST", "/api/generate"), created.receive, created.send)
+    task_id = json.loads(created.sent[1]["body"])["data"]["task_id"]
+    urls = []
+    for host in (True, False):
+        polled = _Peer({"type": "http.request", "body": b""})
+        await app(_scope("GET", "/api/status", f"task_id={task_id}".encode(), host=host), polled.receive, polled.send)
+        urls.append(json.loads(polled.sent[1]["body"])["data"]["response"][0])
+    assert urls[0].startswith("http://sim.example:81/results/")
+    assert urls[1].startswith("http://10.0.0.1:8080/results/")
+
+
+def test_serving_without_uvicorn_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without uvicorn, starting a server raises ImportError that names the 'simulator' extra."""
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    with pytest.raises(ImportError, match=r"banana2-async\[simulator\]"):
+        Simulator().serve().start()

@@ -17,19 +17,19 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._asgi import SimulatorApp as SimulatorApp
+    from ._clock import ManualClock as ManualClock
     from ._core import DEFAULT_API_KEY as DEFAULT_API_KEY
     from ._core import DEFAULT_CREDITS as DEFAULT_CREDITS
     from ._core import DEFAULT_LATENCY as DEFAULT_LATENCY
     from ._core import IN_PROCESS_BASE_URL as IN_PROCESS_BASE_URL
     from ._core import MODEL as MODEL
-    from ._core import ManualClock as ManualClock
-    from ._core import Reply as Reply
     from ._core import Simulator as Simulator
     from ._faults import Endpoint as Endpoint
     from ._faults import Fault as Fault
     from ._faults import FaultRule as FaultRule
     from ._images import image_size as image_size
     from ._images import render_image as render_image
+    from ._replies import Reply as Reply
     from ._server import SimulatorServer as SimulatorServer
     from ._stats import DROPPED as DROPPED
     from ._stats import SimulatedTask as SimulatedTask
@@ -68,8 +68,8 @@ _HOMES = {
     "Endpoint": "_faults",
     "Fault": "_faults",
     "FaultRule": "_faults",
-    "ManualClock": "_core",
-    "Reply": "_core",
+    "ManualClock": "_clock",
+    "Reply": "_replies",
     "SimulatedTask": "_stats",
     "Simulator": "_core",
     "SimulatorApp": "_asgi",

@@ -42,8 +42,12 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+def main(argv: Sequence[str] | None = None, *, stop: threading.Event | None = None) -> int:
+    """Run the command line; returns the exit status.
+
+    ``serve`` runs until Ctrl-C, SIGTERM, or ``stop`` is set (for running it
+    from a program of your own).
+    """
     args = _parser().parse_args(argv)
     simulator = Simulator(api_key=args.api_key, credits=args.credits, speed=args.speed, seed=args.seed)
     server = simulator.serve(host=args.host, port=args.port)
@@ -54,13 +58,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(f"Serving the NanoBanana 2 simulator at {server.base_url}", flush=True)
     print(f"API key {args.api_key}, {args.credits} credits, speed x{args.speed:g}. Ctrl-C stops it.", flush=True)
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm) if in_main_thread else None
     try:
-        threading.Event().wait()
+        (stop or threading.Event()).wait()
     except KeyboardInterrupt:
         pass
     finally:
         server.stop()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

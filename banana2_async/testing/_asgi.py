@@ -9,7 +9,8 @@ import anyio
 import anyio.to_thread
 
 if TYPE_CHECKING:
-    from ._core import Reply, Simulator
+    from ._core import Simulator
+    from ._replies import Reply
 
 __all__ = ["SimulatorApp"]
 

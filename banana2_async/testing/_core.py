@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs
@@ -26,6 +26,7 @@ from banana2_async._models import GenerationRequest
 
 from ._faults import Endpoint, Fault, FaultRule, pick_fault
 from ._images import content_type, render_image
+from ._replies import Reply, error, fault_reply, ok, route, with_extra_fields
 from ._stats import DROPPED, SimulatedTask, SimulatorStats
 
 if TYPE_CHECKING:
@@ -41,8 +42,6 @@ __all__ = [
     "DEFAULT_LATENCY",
     "IN_PROCESS_BASE_URL",
     "MODEL",
-    "ManualClock",
-    "Reply",
     "Simulator",
 ]
 
@@ -56,48 +55,13 @@ DEFAULT_LATENCY: Final[Mapping[str, tuple[float, float]]] = {
     "4k": (20.0, 40.0),
 }
 
-_JSON_HEADERS: Final = (("content-type", "application/json"),)
-
-
-class ManualClock:
-    """A clock that moves only when told to; pass it as ``Simulator(clock=...)``."""
-
-    __slots__ = ("_lock", "_now")
-
-    def __init__(self, start: float = 0.0) -> None:
-        self._now = start
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        return self._now
-
-    def advance(self, seconds: float) -> None:
-        """Move the clock forward by ``seconds``."""
-        if seconds < 0:
-            raise ValueError("a clock does not go back")
-        with self._lock:
-            self._now += seconds
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """One answer of the simulator, for a face to deliver.
-
-    ``delay`` is how long to hold it back (real seconds); ``drop`` means close
-    the connection instead of answering.
-    """
-
-    status: int
-    headers: tuple[tuple[str, str], ...]
-    body: bytes
-    delay: float = 0.0
-    drop: bool = False
-
 
 class _Task:
     __slots__ = ("api_key", "created", "created_at", "failure", "finished_at", "interim", "request", "task_id")
 
-    def __init__(self, task_id: str, api_key: str, request: GenerationRequest, created: float, finished_at: float):
+    def __init__(
+        self, task_id: str, api_key: str, request: GenerationRequest, created: float, finished_at: float
+    ) -> None:
         self.task_id = task_id
         self.api_key = api_key
         self.request = request
@@ -142,6 +106,7 @@ class Simulator:
 
     __slots__ = (
         "_accounts",
+        "_api_key",
         "_clock",
         "_created",
         "_credits_spent",
@@ -158,7 +123,6 @@ class Simulator:
         "_rules",
         "_speed",
         "_tasks",
-        "api_key",
     )
 
     def __init__(
@@ -181,7 +145,7 @@ class Simulator:
         missing = set(DEFAULT_LATENCY) - set(latency)
         if missing:
             raise ValueError(f"latency has no entry for {', '.join(sorted(missing))}")
-        self.api_key = api_key
+        self._api_key = api_key
         self._speed = speed
         self._latency = latency
         self._clock = clock
@@ -202,6 +166,11 @@ class Simulator:
 
     def __repr__(self) -> str:
         return f"Simulator(speed={self._speed}, tasks={len(self._tasks)}, accounts={len(self._accounts)})"
+
+    @property
+    def api_key(self) -> str:
+        """The key of the account created with the simulator."""
+        return self._api_key
 
     @property
     def speed(self) -> float:
@@ -382,11 +351,11 @@ class Simulator:
             self._request_count += 1
             request_id = f"sim-{self._request_count:06d}"
             now = self._clock()
-            endpoint, allowed = _route(path)
+            endpoint, allowed = route(path)
             if endpoint is None:
-                reply = _error(404, f"no such endpoint: {method} {path}")
+                reply = error(404, f"no such endpoint: {method} {path}")
             elif method.upper() not in allowed:
-                reply = _error(405, f"{path} takes {' or '.join(allowed)}, not {method}")
+                reply = error(405, f"{path} takes {' or '.join(allowed)}, not {method}")
             else:
                 reply, image = self._dispatch(endpoint, path, query, lowered, body, base_url, now)
             reply = replace(reply, headers=(*reply.headers, ("x-request-id", request_id)))
@@ -414,11 +383,11 @@ class Simulator:
         fault = pick_fault(self._rules, endpoint, "arrival", self._fault_rng)
         image = None
         if fault is not None:
-            reply = _fault_reply(fault)
+            reply = fault_reply(fault)
         elif endpoint == "result":
             reply, image = self._result(path, now)
         elif self._account(headers) is None:
-            reply = _error(401, "unauthorized: API key missing or invalid")
+            reply = error(401, "unauthorized: API key missing or invalid")
         elif endpoint == "generate":
             reply = self._generate(headers, body, now)
         else:
@@ -428,7 +397,7 @@ class Simulator:
         if fault is not None and fault.kind == "slow":
             reply = replace(reply, delay=fault.seconds)
         elif fault is not None:
-            reply = _with_extra_fields(reply, fault)
+            reply = with_extra_fields(reply, fault)
         self._rules = [rule for rule in self._rules if rule.active]
         return reply, image
 
@@ -445,20 +414,20 @@ class Simulator:
         try:
             payload = json.loads(body or b"null")
         except ValueError:
-            return _error(400, "body: not valid JSON")
+            return error(400, "body: not valid JSON")
         if not isinstance(payload, dict):
-            return _error(400, "body: must be a JSON object with at least 'prompt'")
+            return error(400, "body: must be a JSON object with at least 'prompt'")
         unknown = sorted(set(payload) - set(GenerationRequest.model_fields))
         if unknown:
-            return _error(400, f"{unknown[0]}: not a field of POST /api/generate")
+            return error(400, f"{unknown[0]}: not a field of POST /api/generate")
         try:
             request = GenerationRequest(**payload)
         except InvalidRequestError as exc:
-            return _error(400, str(exc))
+            return error(400, str(exc))
         cost = request.credits
         balance = self._accounts[api_key]
         if balance < cost:
-            return _error(
+            return error(
                 402, f"insufficient credits: a {request.task_type} task costs {cost}, the account has {balance}"
             )
 
@@ -478,8 +447,8 @@ class Simulator:
         elif fault is not None and fault.kind == "in_flight_statuses":
             task.interim = fault.statuses
         elif fault is not None:
-            return _fault_reply(fault)
-        return _ok({"task_id": task_id, "type": request.task_type, "status": "IN_PROGRESS"})
+            return fault_reply(fault)
+        return ok({"task_id": task_id, "type": request.task_type, "status": "IN_PROGRESS"})
 
     def _new_task_id(self) -> str:
         while True:
@@ -489,10 +458,10 @@ class Simulator:
 
     def _status(self, headers: Mapping[str, str], task_id: str, base_url: str, now: float) -> Reply:
         if not task_id:
-            return _error(400, "task_id: required, as a query parameter")
+            return error(400, "task_id: required, as a query parameter")
         task = self._tasks.get(task_id)
         if task is None or task.api_key != self._account(headers):
-            return _error(404, f"task not found: {task_id}")
+            return error(404, f"task not found: {task_id}")
         status = task.status(now)
         finished = now >= task.finished_at
         data: dict[str, Any] = {
@@ -509,66 +478,16 @@ class Simulator:
             data["error"] = task.failure[1]
         elif finished:
             data["response"] = [f"{base_url.rstrip('/')}/results/{task.task_id}/0.{task.extension()}"]
-        return _ok(data)
+        return ok(data)
 
     def _result(self, path: str, now: float) -> tuple[Reply, tuple[str, str, str, str] | None]:
         task_id, _, name = path.removeprefix("/results/").partition("/")
         task = self._tasks.get(task_id)
         if task is None or name != f"0.{task.extension()}" or now < task.finished_at or task.failure:
-            return _error(404, f"no such result: {path}"), None
+            return error(404, f"no such result: {path}"), None
         if self._result_ttl is not None and now > task.finished_at + self._result_ttl:
-            return _error(403, "the result URL has expired"), None
+            return error(403, "the result URL has expired"), None
         request = task.request
         fmt = task.extension()
         reply = Reply(200, (("content-type", content_type(fmt)),), b"")
         return reply, (request.prompt, request.aspect_ratio or "1:1", request.resolution or "1k", fmt)
-
-
-def _route(path: str) -> tuple[Endpoint | None, tuple[str, ...]]:
-    if path == "/api/generate":
-        return "generate", ("POST",)
-    if path == "/api/status":
-        return "status", ("GET",)
-    if path.startswith("/results/"):
-        return "result", ("GET",)
-    return None, ()
-
-
-def _encode(envelope: Mapping[str, Any]) -> bytes:
-    return json.dumps(envelope, separators=(",", ":")).encode("utf-8")
-
-
-def _ok(data: Mapping[str, Any]) -> Reply:
-    return Reply(200, _JSON_HEADERS, _encode({"code": 200, "message": "success", "data": data}))
-
-
-def _error(
-    status: int, message: str, *, http_status: int | None = None, headers: tuple[tuple[str, str], ...] = ()
-) -> Reply:
-    body = _encode({"code": status, "message": message, "data": None})
-    return Reply(http_status or status, _JSON_HEADERS + headers, body)
-
-
-def _seconds(value: float) -> str:
-    return str(int(value)) if value == int(value) else f"{value:g}"
-
-
-def _fault_reply(fault: Fault) -> Reply:
-    if fault.kind == "drop":
-        return Reply(0, (), b"", drop=True)
-    if fault.kind == "rate_limit":
-        headers = () if fault.retry_after is None else (("retry-after", _seconds(fault.retry_after)),)
-        return _error(429, fault.message, headers=headers)
-    if fault.kind == "envelope_error":
-        return _error(fault.status, fault.message, http_status=200)
-    return _error(fault.status, fault.message)
-
-
-def _with_extra_fields(reply: Reply, fault: Fault) -> Reply:
-    if reply.drop or not reply.body.startswith(b"{"):
-        return reply
-    envelope = json.loads(reply.body)
-    envelope.update(fault.extra_envelope)
-    if isinstance(envelope.get("data"), dict):
-        envelope["data"].update(fault.extra_data)
-    return replace(reply, body=_encode(envelope))
