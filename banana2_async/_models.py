@@ -120,6 +120,9 @@ class GenerationRequest(BaseModel):
             return None
         if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
             raise ValueError("images must be a list of image URLs")
+        if not value:
+            # Sent as [], the server would detect an edit without images: 1 to 14, or leave it unset.
+            raise ValueError("images must hold at least one URL; leave it unset for a text-to-image task")
         if len(value) > MAX_IMAGES:
             raise ValueError(f"images holds {len(value)} URLs; the API takes at most {MAX_IMAGES}")
         for index, url in enumerate(value):
@@ -317,7 +320,7 @@ def decode_envelope(
     """
     try:
         body: Any = json.loads(content)
-    except ValueError:
+    except (ValueError, RecursionError):
         body = None
         if status_code >= 400:
             message = f"HTTP {status_code}: {_excerpt(content)!r}" if content else f"HTTP {status_code}"
