@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -121,6 +122,15 @@ async def test_a_server_starts_and_stops_inside_async_with() -> None:
     async with httpx.AsyncClient() as http:
         with pytest.raises(httpx.ConnectError):
             await http.get(url)
+
+
+async def test_a_cancelled_block_still_stops_the_server() -> None:
+    """Leaving async with through a cancellation stops the server thread all the same."""
+    with anyio.CancelScope() as scope:
+        async with Simulator().serve() as server:
+            scope.cancel()
+            await anyio.sleep(5)
+    assert repr(server) == "SimulatorServer(stopped)"
 
 
 def test_the_server_works_from_synchronous_code() -> None:

@@ -14,6 +14,7 @@ from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import anyio.to_thread
 
 from ._asgi import SimulatorApp
@@ -167,7 +168,9 @@ class SimulatorServer:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await anyio.to_thread.run_sync(self.stop)
+        # Leaving a cancelled scope must still stop the thread.
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self.stop)
 
 
 def _peer(transport: Any) -> tuple[Any, ...]:
