@@ -27,7 +27,7 @@ def parse_interval(value: float | tuple[float, float]) -> Interval:
 
     Raises `ValueError` for anything else.
     """
-    if isinstance(value, bool):
+    if isinstance(value, (bool, str, bytes)):
         raise ValueError("poll_interval must be seconds or a (low, high) pair")
     if isinstance(value, (int, float)):
         low = high = float(value)
@@ -166,7 +166,9 @@ class PollSchedule(Generic[K]):
         """Reschedule after a poll that failed transiently, backing off; return the next due time."""
         failures = self._failures.get(key, 0) + 1
         self._failures[key] = failures
-        when = sent_at + min(MAX_BACKOFF, self.draw() * float(2 ** min(failures - 1, 16)))
+        interval = self.draw()
+        # The cap bounds the backoff, never the interval itself.
+        when = sent_at + max(interval, min(MAX_BACKOFF, interval * float(2 ** min(failures - 1, 16))))
         self._timers.set(key, when)
         return when
 
@@ -185,7 +187,7 @@ class RateBudget:
     __slots__ = ("_tokens", "_updated", "burst", "paused_until", "rate")
 
     def __init__(self, rate: float | None = None, *, burst: float | None = None) -> None:
-        if rate is not None and not rate > 0:
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0):
             raise ValueError(f"rate_limit must be a positive number of requests per second, got {rate!r}")
         self.rate: float | None = rate
         self.burst: float = max(1.0, burst if burst is not None else (rate or 1.0))
