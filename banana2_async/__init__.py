@@ -28,6 +28,8 @@ from ._handle import TaskHandle as TaskHandle
 from ._models import GenerationRequest as GenerationRequest
 from ._models import GenerationResult as GenerationResult
 from ._models import TaskInfo as TaskInfo
+from ._sync import Banana2 as Banana2
+from ._sync import SyncTaskHandle as SyncTaskHandle
 from ._types import NOT_GIVEN as NOT_GIVEN
 from ._types import NotGiven as NotGiven
 from ._version import __version__ as __version__
@@ -41,6 +43,7 @@ __all__ = [
     "AsyncBanana2",
     "AuthenticationError",
     "BadRequestError",
+    "Banana2",
     "Banana2Error",
     "ClientClosedError",
     "ConfigurationError",
@@ -53,6 +56,7 @@ __all__ = [
     "NotGiven",
     "RateLimitError",
     "SubmissionUncertainError",
+    "SyncTaskHandle",
     "TaskError",
     "TaskFailedError",
     "TaskHandle",

@@ -1,0 +1,385 @@
+"""Banana2: the blocking client, for scripts, notebooks and sync frameworks.
+
+It runs one `AsyncBanana2`, with its one shared poller, on an event loop in a
+background thread (anyio's blocking portal) and waits for each call there.
+Every method may be called from any thread, several at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Sequence
+from types import TracebackType
+from typing import Any, Final, Literal, TypeVar, cast
+
+import anyio
+import httpx
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from ._client import DEFAULT_NOT_FOUND_GRACE, DEFAULT_WAIT_TIMEOUT, AsyncBanana2
+from ._exceptions import InvalidRequestError, TaskTimeoutError
+from ._handle import TaskHandle
+from ._http import DEFAULT_TIMEOUT
+from ._models import GenerationRequest, GenerationResult, TaskInfo
+from ._types import NOT_GIVEN, AspectRatio, NotGiven, OutputFormat, Resolution, TaskType
+
+__all__ = ["Banana2", "SyncTaskHandle"]
+
+T = TypeVar("T")
+
+_END: Final = object()
+
+
+def _positive_timeout(timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+        raise InvalidRequestError(f"timeout must be a number of seconds (0 or more) or None, got {timeout!r}")
+    return float(timeout)
+
+
+class SyncTaskHandle:
+    """A submitted or tracked task of a `Banana2` client.
+
+    ``handle.result()`` blocks until the task settles and returns its
+    `GenerationResult`, or raises what `TaskHandle` raises
+    (`TaskFailedError`, `TaskTimeoutError`, `ClientClosedError`, ...).
+    """
+
+    __slots__ = ("_client", "_handle")
+
+    def __init__(self, handle: TaskHandle, client: Banana2) -> None:
+        self._handle = handle
+        self._client = client
+
+    def __repr__(self) -> str:
+        return repr(self._handle).replace("<TaskHandle", "<SyncTaskHandle", 1)
+
+    @property
+    def task_id(self) -> str:
+        """The task's id."""
+        return self._handle.task_id
+
+    @property
+    def request(self) -> GenerationRequest | None:
+        """The submitted request; ``None`` for a handle made by `Banana2.track`."""
+        return self._handle.request
+
+    @property
+    def async_handle(self) -> TaskHandle:
+        """The `TaskHandle` this wraps, owned by the client's event loop thread."""
+        return self._handle
+
+    def done(self) -> bool:
+        """Whether the task has settled, with a result or an error."""
+        return self._handle.done()
+
+    def exception(self) -> BaseException | None:
+        """The error the task settled with; ``None`` if it succeeded or is pending. Does not block."""
+        return self._handle.exception()
+
+    def result(self, timeout: float | None = None) -> GenerationResult:
+        """Block until the task settles and return its result.
+
+        Args:
+            timeout: Seconds to wait at most; ``None`` waits until the handle's
+                own deadline (the client's ``wait_timeout``).
+
+        Raises:
+            TaskTimeoutError: ``timeout`` passed first. The handle is still
+                pending: call `result` again to wait on.
+            TaskFailedError: The server reports the task as failed.
+            Banana2Error: Whatever else ended the task (`ClientClosedError`, ...).
+        """
+        wait = _positive_timeout(timeout)
+        if self._handle.done():
+            return self._handle.result_nowait()
+        return self._client._call(self._wait, wait)
+
+    async def _wait(self, seconds: float | None) -> GenerationResult:
+        with anyio.move_on_after(seconds):
+            return await self._handle
+        raise TaskTimeoutError(self._handle.task_id)
+
+
+class Banana2:
+    """The blocking client of the NanoBanana 2 image API.
+
+    The same calls as `AsyncBanana2`, without ``await``: one `AsyncBanana2`
+    runs on an event loop in a background thread, and each call blocks its
+    caller until the loop has the answer. Use it as
+    ``with Banana2() as client:``, or call `close` when done. A client may be
+    shared by many threads; its tasks are all watched by ONE shared poller.
+
+    Args:
+        api_key: The API key; defaults to ``$BANANA2_API_KEY``.
+        base_url: The API's address; defaults to ``$BANANA2_BASE_URL``, else
+            ``https://banana2api.com``.
+        poll_interval: Seconds between two polls of a task: a number, or
+            ``(low, high)`` to draw each interval uniformly from.
+        wait_timeout: Default deadline of a handle in seconds; ``None`` for none.
+        http_client: An ``httpx.AsyncClient`` of your own; it is used on the
+            background thread's loop only and is not closed by the client.
+        timeout: httpx timeouts of each request.
+        max_retries: How often a request is retried where retrying is safe.
+        max_concurrent_submits: Submits in flight at once; more wait in line.
+        max_concurrent_polls: Status polls in flight at once.
+        rate_limit: Requests per second shared by submits and polls; ``None``
+            for no limit.
+        retry_uncertain_submits: Retry a submit that may have been paid for
+            instead of raising `SubmissionUncertainError`.
+        allow_insecure_http: Allow a plain ``http://`` base URL to a host
+            other than loopback.
+        not_found_grace: Seconds after submit during which a 404 on a poll is
+            taken as the server not having caught up yet.
+        seed: Seeds the jitter of poll intervals and backoffs.
+        backend: The event loop of the background thread: ``"asyncio"`` or ``"trio"``.
+
+    Raises:
+        ConfigurationError: No API key, or an unsafe or invalid base URL.
+        InvalidRequestError: An option is out of range.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        poll_interval: float | tuple[float, float] = (2.0, 3.0),
+        wait_timeout: float | None = DEFAULT_WAIT_TIMEOUT,
+        http_client: httpx.AsyncClient | None = None,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        max_retries: int = 3,
+        max_concurrent_submits: int = 16,
+        max_concurrent_polls: int = 48,
+        rate_limit: float | None = None,
+        retry_uncertain_submits: bool = False,
+        allow_insecure_http: bool = False,
+        not_found_grace: float = DEFAULT_NOT_FOUND_GRACE,
+        seed: int | None = None,
+        backend: Literal["asyncio", "trio"] = "asyncio",
+    ) -> None:
+        options: dict[str, Any] = {
+            "base_url": base_url,
+            "poll_interval": poll_interval,
+            "wait_timeout": wait_timeout,
+            "http_client": http_client,
+            "timeout": timeout,
+            "max_retries": max_retries,
+            "max_concurrent_submits": max_concurrent_submits,
+            "max_concurrent_polls": max_concurrent_polls,
+            "rate_limit": rate_limit,
+            "retry_uncertain_submits": retry_uncertain_submits,
+            "allow_insecure_http": allow_insecure_http,
+            "not_found_grace": not_found_grace,
+            "seed": seed,
+        }
+        self._lock = threading.Lock()
+        self._closed = False
+        portal_cm = start_blocking_portal(backend)
+        portal = portal_cm.__enter__()
+        try:
+            # Built on the loop's thread: everything the async client makes belongs to that loop.
+            client = portal.call(lambda: AsyncBanana2(api_key, **options))
+            client_cm = portal.wrap_async_context_manager(client)
+            client_cm.__enter__()
+        except BaseException as exc:
+            portal_cm.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        self._portal_cm = portal_cm
+        self._portal: BlockingPortal = portal
+        self._client: AsyncBanana2 = client
+        self._client_cm = client_cm
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<Banana2 base_url={str(self.base_url)!r} {state}>"
+
+    @property
+    def base_url(self) -> httpx.URL:
+        """The API's address."""
+        return self._client.base_url
+
+    @property
+    def async_client(self) -> AsyncBanana2:
+        """The `AsyncBanana2` doing the work, owned by the background thread's event loop."""
+        return self._client
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def __enter__(self) -> Banana2:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Fail every pending handle with `ClientClosedError`, close connections, stop the thread.
+
+        Safe to call more than once, from any thread but the client's own.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self._client_cm.__exit__(None, None, None)
+        finally:
+            self._portal_cm.__exit__(None, None, None)
+
+    def _call(self, func: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``func(*args)`` on the client's loop and wait for it; interrupting the wait cancels it."""
+        if self._closed:
+            raise RuntimeError("this Banana2 is closed")
+        try:
+            future = self._portal.start_task_soon(func, *args)
+        except RuntimeError:
+            if self._closed:
+                raise RuntimeError("this Banana2 is closed") from None
+            raise
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
+
+    def _wrap(self, handle: TaskHandle) -> SyncTaskHandle:
+        return SyncTaskHandle(handle, self)
+
+    # -- tasks --------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        prompt: str,
+        *,
+        type: TaskType | None = None,
+        images: Sequence[str] | None = None,
+        aspect_ratio: AspectRatio | None = None,
+        resolution: Resolution | None = None,
+        output_format: OutputFormat | None = None,
+        wait_timeout: float | NotGiven | None = NOT_GIVEN,
+    ) -> SyncTaskHandle:
+        """Submit one task and return its handle at once; ``handle.result()`` waits for it.
+
+        The arguments and errors are those of `AsyncBanana2.submit`.
+        """
+        request = GenerationRequest(
+            prompt=prompt,
+            type=type,
+            images=images,
+            aspect_ratio=aspect_ratio,
+            resolution=resolution,
+            output_format=output_format,
+        )
+        return self.submit_request(request, wait_timeout=wait_timeout)
+
+    def submit_request(
+        self,
+        request: GenerationRequest,
+        *,
+        wait_timeout: float | NotGiven | None = NOT_GIVEN,
+    ) -> SyncTaskHandle:
+        """Submit a prepared `GenerationRequest`; otherwise the same as `submit`."""
+
+        async def submit() -> TaskHandle:
+            return await self._client.submit_request(request, wait_timeout=wait_timeout)
+
+        return self._wrap(self._call(submit))
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        type: TaskType | None = None,
+        images: Sequence[str] | None = None,
+        aspect_ratio: AspectRatio | None = None,
+        resolution: Resolution | None = None,
+        output_format: OutputFormat | None = None,
+        wait_timeout: float | NotGiven | None = NOT_GIVEN,
+    ) -> GenerationResult:
+        """Submit one task and wait for its result; see `AsyncBanana2.generate`."""
+        handle = self.submit(
+            prompt,
+            type=type,
+            images=images,
+            aspect_ratio=aspect_ratio,
+            resolution=resolution,
+            output_format=output_format,
+            wait_timeout=wait_timeout,
+        )
+        return self._call(handle.async_handle.result)
+
+    def edit(
+        self,
+        prompt: str,
+        *,
+        images: Sequence[str],
+        aspect_ratio: AspectRatio | None = None,
+        resolution: Resolution | None = None,
+        output_format: OutputFormat | None = None,
+        wait_timeout: float | NotGiven | None = NOT_GIVEN,
+    ) -> GenerationResult:
+        """Edit 1-14 reference images with a text instruction and wait for the result."""
+        return self.generate(
+            prompt,
+            type="edit",
+            images=images,
+            aspect_ratio=aspect_ratio,
+            resolution=resolution,
+            output_format=output_format,
+            wait_timeout=wait_timeout,
+        )
+
+    def status(self, task_id: str) -> TaskInfo:
+        """One ``GET /api/status`` of ``task_id``, no polling; see `AsyncBanana2.status`."""
+        return self._call(self._client.status, task_id)
+
+    def track(self, task_id: str, *, wait_timeout: float | NotGiven | None = NOT_GIVEN) -> SyncTaskHandle:
+        """A handle on an existing task, watched by the shared poller; see `AsyncBanana2.track`."""
+
+        async def track() -> TaskHandle:
+            return self._client.track(task_id, wait_timeout=wait_timeout)
+
+        return self._wrap(self._call(track))
+
+    def as_completed(self, handles: Iterable[SyncTaskHandle]) -> Iterator[SyncTaskHandle]:
+        """Yield each handle as it settles, successes and failures alike.
+
+        Check each with ``handle.result()`` (returns or raises at once) or
+        ``handle.exception()``. Leaving the loop early releases the handles
+        no one else waits on.
+        """
+        pending = list(dict.fromkeys(handles))
+        if not pending:
+            return
+        by_handle = {handle.async_handle: handle for handle in pending}
+        settled: queue.SimpleQueue[object] = queue.SimpleQueue()
+
+        async def pump() -> None:
+            # Closed here, in its own task, so its cleanup releases the handles before the pump ends.
+            done_handles = cast("AsyncGenerator[TaskHandle, None]", self._client.as_completed(by_handle))
+            async with contextlib.aclosing(done_handles):
+                async for done in done_handles:
+                    settled.put(done)
+
+        if self._closed:
+            raise RuntimeError("this Banana2 is closed")
+        future = self._portal.start_task_soon(pump)
+        future.add_done_callback(lambda _: settled.put(_END))
+        try:
+            for _ in pending:
+                item = settled.get()
+                if item is _END:
+                    future.result()  # raises what ended the pump early
+                    raise RuntimeError("as_completed ended before every handle settled")
+                assert isinstance(item, TaskHandle)
+                yield by_handle[item]
+        finally:
+            future.cancel()
