@@ -72,6 +72,7 @@ class _Task:
         self.interim: tuple[str, ...] = ()
 
     def status(self, now: float) -> str:
+        """What a poll at ``now`` reports."""
         if now >= self.finished_at:
             return self.failure[0] if self.failure else "SUCCESS"
         if self.interim:
@@ -83,6 +84,7 @@ class _Task:
         return "IN_PROGRESS"
 
     def extension(self) -> str:
+        """The output format, which is also the result file's extension."""
         return self.request.output_format or "png"
 
 
@@ -381,17 +383,18 @@ class Simulator:
                 self._polls.setdefault(task_id, []).append(now)
 
         fault = pick_fault(self._rules, endpoint, "arrival", self._fault_rng)
+        account = self._account(headers)
         image = None
         if fault is not None:
             reply = fault_reply(fault)
         elif endpoint == "result":
             reply, image = self._result(path, now)
-        elif self._account(headers) is None:
+        elif account is None:
             reply = error(401, "unauthorized: API key missing or invalid")
         elif endpoint == "generate":
-            reply = self._generate(headers, body, now)
+            reply = self._generate(account, body, now)
         else:
-            reply = self._status(headers, task_id, base_url, now)
+            reply = self._status(account, task_id, base_url, now)
 
         fault = pick_fault(self._rules, endpoint, "answer", self._fault_rng)
         if fault is not None and fault.kind == "slow":
@@ -408,9 +411,7 @@ class Simulator:
             return None
         return key
 
-    def _generate(self, headers: Mapping[str, str], body: bytes, now: float) -> Reply:
-        api_key = self._account(headers)
-        assert api_key is not None
+    def _generate(self, api_key: str, body: bytes, now: float) -> Reply:
         try:
             payload = json.loads(body or b"null")
         except ValueError:
@@ -456,11 +457,11 @@ class Simulator:
             if task_id not in self._tasks:
                 return task_id
 
-    def _status(self, headers: Mapping[str, str], task_id: str, base_url: str, now: float) -> Reply:
+    def _status(self, api_key: str, task_id: str, base_url: str, now: float) -> Reply:
         if not task_id:
             return error(400, "task_id: required, as a query parameter")
         task = self._tasks.get(task_id)
-        if task is None or task.api_key != self._account(headers):
+        if task is None or task.api_key != api_key:
             return error(404, f"task not found: {task_id}")
         status = task.status(now)
         finished = now >= task.finished_at

@@ -30,6 +30,7 @@ class Reply:
 
 
 def route(path: str) -> tuple[Endpoint | None, tuple[str, ...]]:
+    """The endpoint a path names and the methods it takes; ``None`` for an unknown path."""
     if path == "/api/generate":
         return "generate", ("POST",)
     if path == "/api/status":
@@ -44,12 +45,14 @@ def _encode(envelope: Mapping[str, Any]) -> bytes:
 
 
 def ok(data: Mapping[str, Any]) -> Reply:
+    """A successful answer: the envelope with code 200 around ``data``."""
     return Reply(200, _JSON_HEADERS, _encode({"code": 200, "message": "success", "data": data}))
 
 
 def error(
     status: int, message: str, *, http_status: int | None = None, headers: tuple[tuple[str, str], ...] = ()
 ) -> Reply:
+    """An error answer: the envelope with ``code`` and ``message``, sent as ``http_status`` (default: the code)."""
     body = _encode({"code": status, "message": message, "data": None})
     return Reply(http_status or status, _JSON_HEADERS + headers, body)
 
@@ -59,6 +62,7 @@ def _seconds(value: float) -> str:
 
 
 def fault_reply(fault: Fault) -> Reply:
+    """The answer a fault gives in place of the real one (a drop gives none)."""
     if fault.kind == "drop":
         return Reply(0, (), b"", drop=True)
     if fault.kind == "rate_limit":
@@ -70,6 +74,7 @@ def fault_reply(fault: Fault) -> Reply:
 
 
 def with_extra_fields(reply: Reply, fault: Fault) -> Reply:
+    """``reply`` with the fault's undocumented fields added to its envelope and ``data``."""
     if reply.drop or not reply.body.startswith(b"{"):
         return reply
     envelope = json.loads(reply.body)
