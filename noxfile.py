@@ -6,7 +6,7 @@ import os
 
 import nox
 
-nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.sessions = ["tests", "lint", "typecheck", "verifytypes", "docs"]
 nox.options.reuse_existing_virtualenvs = not os.environ.get("CI")
 nox.options.error_on_missing_interpreters = bool(os.environ.get("CI"))
 
@@ -36,3 +36,19 @@ def typecheck(session: nox.Session) -> None:
     """Type-check the package and the tests with mypy --strict."""
     session.install("-e", ".[all,test]", "mypy>=1.10")
     session.run("mypy", "--strict", "banana2_async", "tests")
+
+
+@nox.session(python=PYTHON)
+def verifytypes(session: nox.Session) -> None:
+    """Check that pyright sees 100% of the public API typed, and type-check tests/typing with it."""
+    # The package as it ships (not editable), so py.typed and the public modules are what users get.
+    session.install(".", "basedpyright>=1.20")
+    session.run("basedpyright", "--verifytypes", "banana2_async", "--ignoreexternal")
+    session.run("basedpyright", "--project", "tests/typing/pyrightconfig.json")
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build the documentation site with mkdocs --strict; it needs no network."""
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site", *session.posargs)
