@@ -5,6 +5,7 @@ Every error derives from one root::
     Banana2Error
     ├── ConfigurationError            no API key, plain http to a non-loopback host, ...
     ├── InvalidRequestError(ValueError)  bad arguments, raised before any I/O
+    │   └── BudgetExceededError       a bulk run would cost more than max_credits
     ├── APIConnectionError            the server could not be reached
     │   └── APITimeoutError
     ├── SubmissionUncertainError      the POST may have landed and been paid for
@@ -16,10 +17,13 @@ Every error derives from one root::
     │   ├── NotFoundError             404
     │   ├── RateLimitError            429 (retry_after)
     │   └── InternalServerError       5xx
-    └── TaskError                     task_id
-        ├── TaskFailedError           the server says the task failed
-        ├── TaskTimeoutError          our deadline passed; the task may still finish
-        └── ClientClosedError         the client closed while the task was pending
+    ├── TaskError                     task_id
+    │   ├── TaskFailedError           the server says the task failed
+    │   ├── TaskTimeoutError          our deadline passed; the task may still finish
+    │   └── ClientClosedError         the client closed while the task was pending
+    ├── JournalError                  a bulk run's journal is corrupt, in use, or of another job
+    └── DownloadError                 a result image could not be downloaded
+        └── ResultExpiredError        403/404/410: the result URL expired or is gone
 
 No error carries the API key: requests are described by method and path only.
 """
@@ -39,13 +43,17 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "Banana2Error",
+    "BudgetExceededError",
     "ClientClosedError",
     "ConfigurationError",
+    "DownloadError",
     "InsufficientCreditsError",
     "InternalServerError",
     "InvalidRequestError",
+    "JournalError",
     "NotFoundError",
     "RateLimitError",
+    "ResultExpiredError",
     "SubmissionUncertainError",
     "TaskError",
     "TaskFailedError",
@@ -124,7 +132,10 @@ class APIResponseError(Banana2Error):
 
 
 class APIStatusError(Banana2Error):
-    """The server answered with an error status (HTTP, or the envelope's ``code``)."""
+    """The server answered with an error status (HTTP, or the envelope's ``code``).
+
+    ``retry_after`` is the server's ``Retry-After`` in seconds (a 429 or 503 may send one), if any.
+    """
 
     def __init__(
         self,
@@ -133,12 +144,14 @@ class APIStatusError(Banana2Error):
         status_code: int,
         body: Any = None,
         request_id: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.status_code = status_code
         self.body = body
         self.request_id = request_id
+        self.retry_after = retry_after
 
     def __str__(self) -> str:
         suffix = f" (request id {self.request_id})" if self.request_id else ""
@@ -173,8 +186,7 @@ class RateLimitError(APIStatusError):
         request_id: str | None = None,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(message, status_code=status_code, body=body, request_id=request_id)
-        self.retry_after = retry_after
+        super().__init__(message, status_code=status_code, body=body, request_id=request_id, retry_after=retry_after)
 
 
 class InternalServerError(APIStatusError):
@@ -212,6 +224,56 @@ class ClientClosedError(TaskError):
         super().__init__(f"the client closed while task {task_id} was pending", task_id=task_id)
 
 
+class BudgetExceededError(InvalidRequestError):
+    """A bulk run would cost more than its ``max_credits``; it was refused before any request.
+
+    ``credits`` is what the run would cost, ``max_credits`` the limit it was given.
+    """
+
+    def __init__(self, message: str, *, credits: int, max_credits: int) -> None:
+        super().__init__(message, field="max_credits")
+        self.credits = credits
+        self.max_credits = max_credits
+
+
+class JournalError(Banana2Error):
+    """A bulk run's journal cannot be used; it is left as it is, never overwritten.
+
+    ``reason`` says why: ``"corrupt"`` (not a readable journal), ``"other-job"``
+    (written for a different list of requests), ``"in-use"`` (another run holds
+    it) or ``"io"`` (it could not be read or written). ``path`` is the file.
+    """
+
+    def __init__(self, message: str, *, path: str, reason: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
+        self.reason = reason
+
+
+class DownloadError(Banana2Error):
+    """A result image could not be downloaded; no partial file is left behind.
+
+    ``url`` is the image's address without its query string (which may hold
+    a signature), ``task_id`` its task, ``status_code`` the HTTP status if one
+    came back.
+    """
+
+    def __init__(self, message: str, *, url: str, task_id: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.url = url
+        self.task_id = task_id
+        self.status_code = status_code
+
+
+class ResultExpiredError(DownloadError):
+    """The result host answered 403, 404 or 410: the URL expired or the image is gone.
+
+    Result URLs may be short-lived; ``client.status(task_id)`` may give fresh ones.
+    """
+
+
 _STATUS_ERRORS: dict[int, type[APIStatusError]] = {
     400: BadRequestError,
     401: AuthenticationError,
@@ -235,4 +297,4 @@ def error_for_status(
     cls = _STATUS_ERRORS.get(status_code)
     if cls is None:
         cls = InternalServerError if status_code >= 500 else APIStatusError
-    return cls(message, status_code=status_code, body=body, request_id=request_id)
+    return cls(message, status_code=status_code, body=body, request_id=request_id, retry_after=retry_after)
