@@ -13,6 +13,7 @@ import logging
 import math
 import random
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Final
 
 import anyio
@@ -40,6 +41,10 @@ logger = logging.getLogger("banana2_async")
 
 _MAX_UNKNOWN_LOGGED: Final = 64
 
+# Set by a poll worker that took its request's share of the budget itself (to time the poll from
+# when it was let through), so the wire's own call to `Throttle.acquire` does not take a second one.
+_prepaid: ContextVar[bool] = ContextVar("banana2_async_prepaid", default=False)
+
 
 class Throttle:
     """The shared gate of a client: `RateBudget` applied with anyio's clock."""
@@ -51,6 +56,9 @@ class Throttle:
 
     async def acquire(self) -> None:
         """Wait until the rate budget and any 429 pause let one request go."""
+        if _prepaid.get():
+            _prepaid.set(False)
+            return
         delay = self.budget.reserve(anyio.current_time())
         while delay > 0:
             await anyio.sleep(delay)
@@ -153,7 +161,8 @@ class Poller:
             return
         entry = self._entries.get(handle.task_id)
         if entry is None:
-            entry = self._entries[handle.task_id] = _Entry(now)
+            # A 404 is forgiven only right after a submit: a tracked task is one the server has.
+            entry = self._entries[handle.task_id] = _Entry(now if handle.request is not None else -math.inf)
             self._wake_by(self._schedule.add(handle.task_id, now, immediately=immediately))
         entry.handles.append(handle)
         if handle.deadline is not None:
@@ -268,6 +277,7 @@ class Poller:
         await self._throttle.acquire()
         sent = anyio.current_time()
         self.polls_sent += 1
+        prepaid = _prepaid.set(True)
         try:
             info = await self._wire.poll(task_id)
         except Banana2Error as exc:
@@ -279,6 +289,8 @@ class Poller:
         else:
             self._rate_limited = 0
             self._answered(task_id, sent, info)
+        finally:
+            _prepaid.reset(prepaid)
 
     def _answered(self, task_id: str, sent: float, info: TaskInfo) -> None:
         state = info.state
