@@ -103,6 +103,7 @@ class Tasks:
         return handle
 
 
+# --8<-- [start:settled]
 async def settled(handle: TaskHandle, seconds: float) -> bool:
     """Wait up to ``seconds`` for ``handle`` to settle; whether it has.
 
@@ -123,6 +124,9 @@ async def settled(handle: TaskHandle, seconds: float) -> bool:
     finally:
         handle.remove_done_callback(wake)
     return handle.done()
+
+
+# --8<-- [end:settled]
 
 
 def view(handle: TaskHandle) -> TaskView:
