@@ -12,8 +12,8 @@ import ipaddress
 import logging
 import random
 import time
-from collections.abc import Iterator
-from typing import Any, Final, NoReturn, Protocol
+from collections.abc import AsyncGenerator, Iterator
+from typing import Any, Final, NoReturn, Protocol, cast
 
 import anyio
 import httpx
@@ -40,6 +40,8 @@ DEFAULT_BASE_URL: Final = "https://banana2api.com"
 DEFAULT_TIMEOUT: Final = httpx.Timeout(30.0, connect=10.0)
 MAX_BODY_BYTES: Final = 4 * 1024 * 1024
 USER_AGENT: Final = f"banana2-async/{__version__}"
+REDACTED: Final = b"[redacted]"
+_MIN_REDACTED: Final = 8
 
 _LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
@@ -144,6 +146,7 @@ class Wire:
         "_owns_client",
         "_retry_uncertain",
         "_rng",
+        "_secret",
         "_slots",
         "_status_url",
         "_timeout",
@@ -163,6 +166,9 @@ class Wire:
         gate: Gate | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        if not api_key.isascii():
+            # httpx would fail on the header with a bare UnicodeEncodeError at the first request.
+            raise ConfigurationError("the API key contains non-ASCII characters")
         self.base_url: httpx.URL = base_url
         prefix = base_url.path.rstrip("/")
         self._generate_url = base_url.copy_with(path=f"{prefix}/api/generate")
@@ -183,6 +189,8 @@ class Wire:
         self._slots = anyio.CapacityLimiter(max_in_flight)
         self._gate: Gate = gate or _OpenGate()
         self._rng = rng or random.Random()
+        # A server may echo the key in an error body; it is blanked out before the body is read.
+        self._secret = api_key.encode() if len(api_key) >= _MIN_REDACTED else None
 
     @property
     def http_client(self) -> httpx.AsyncClient:
@@ -199,24 +207,23 @@ class Wire:
         await self._gate.acquire()
         async with self._slots:
             started = time.perf_counter()
-            with _translated(request.method, path):
-                response = await self._client.send(request, stream=True, follow_redirects=True)
-                try:
-                    content = await self._read_capped(response)
-                finally:
-                    await response.aclose()
+            try:
+                with _translated(request.method, path):
+                    response = await self._client.send(request, stream=True, follow_redirects=True)
+                    try:
+                        content = await self._read_capped(response)
+                    finally:
+                        await response.aclose()
+            except Exception as exc:
+                if logger.isEnabledFor(logging.DEBUG):
+                    failure = type(exc.__cause__ or exc).__name__
+                    logger.debug("%s %s -> %s in %.1f ms", request.method, path, failure, _ms_since(started))
+                raise
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug(
-                "%s %s -> %d in %.1f ms",
-                request.method,
-                path,
-                response.status_code,
-                (time.perf_counter() - started) * 1000,
-            )
+            logger.debug("%s %s -> %d in %.1f ms", request.method, path, response.status_code, _ms_since(started))
         return response.status_code, content, response.headers
 
-    @staticmethod
-    async def _read_capped(response: httpx.Response) -> bytes:
+    async def _read_capped(self, response: httpx.Response) -> bytes:
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
             raise APIResponseError(
@@ -225,16 +232,23 @@ class Wire:
             )
         chunks: list[bytes] = []
         size = 0
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise APIResponseError(
-                    f"the answer is larger than {MAX_BODY_BYTES} bytes; not an API answer",
-                    status_code=response.status_code,
-                    excerpt=b"".join(chunks)[:200].decode("utf-8", errors="replace"),
-                )
-            chunks.append(chunk)
-        return b"".join(chunks)
+        # aclosing: leaving early must finalise httpx's generators now (trio warns otherwise).
+        async with contextlib.aclosing(cast("AsyncGenerator[bytes, None]", response.aiter_bytes())) as stream:
+            async for chunk in stream:
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise APIResponseError(
+                        f"the answer is larger than {MAX_BODY_BYTES} bytes; not an API answer",
+                        status_code=response.status_code,
+                        excerpt=self._redact(b"".join(chunks)[:1024])[:200].decode("utf-8", errors="replace"),
+                    )
+                chunks.append(chunk)
+        return self._redact(b"".join(chunks))
+
+    def _redact(self, content: bytes) -> bytes:
+        if self._secret is not None and self._secret in content:
+            return content.replace(self._secret, REDACTED)
+        return content
 
     async def _exchange(self, request: httpx.Request) -> tuple[int, dict[str, Any]]:
         status_code, content, headers = await self._send(request)
@@ -278,6 +292,8 @@ class Wire:
         """
         body = request.to_wire()
         attempt = 0
+        # Once one attempt may have been paid for, giving up for any reason must say so.
+        maybe_paid = False
         while True:
             try:
                 status_code, envelope = await self._exchange(
@@ -288,30 +304,37 @@ class Wire:
                 return parse_submit(envelope, status_code=status_code)
             except (APIConnectionError, APIResponseError, APIStatusError) as exc:
                 decision = submit_decision(outcome_of(exc))
-                if decision == "raise":
-                    raise
-                if decision == "uncertain" and (not self._retry_uncertain or attempt >= self._max_retries):
-                    self._raise_uncertain(request, exc)
-                if attempt >= self._max_retries:
+                if decision == "uncertain":
+                    maybe_paid = True
+                    if not self._retry_uncertain:
+                        self._raise_uncertain(request, exc, attempts=attempt + 1)
+                if decision == "raise" or attempt >= self._max_retries:
+                    if maybe_paid:
+                        self._raise_uncertain(request, exc, attempts=attempt + 1)
                     raise
                 await self._wait_before_retry(exc, attempt)
                 attempt += 1
 
     @staticmethod
-    def _raise_uncertain(request: GenerationRequest, exc: Banana2Error) -> NoReturn:
+    def _raise_uncertain(request: GenerationRequest, exc: Banana2Error, *, attempts: int) -> NoReturn:
         status_code = exc.status_code if isinstance(exc, (APIStatusError, APIResponseError)) else None
+        sent = "it was not sent again" if attempts == 1 else f"it was sent {attempts} times; any may have landed"
         raise SubmissionUncertainError(
             f"POST /api/generate may have reached the server and been paid for ({exc}); "
-            "it was not sent again. Check the account before submitting it again.",
+            f"{sent}. Check the account before submitting it again.",
             request=request,
             status_code=status_code,
         ) from exc
 
     async def _wait_before_retry(self, exc: Banana2Error, attempt: int) -> None:
         delay = backoff(attempt, rng=self._rng)
+        if isinstance(exc, APIStatusError) and exc.retry_after is not None:
+            delay = exc.retry_after
         if isinstance(exc, RateLimitError):
-            if exc.retry_after is not None:
-                delay = exc.retry_after
             self._gate.pause(delay)
         logger.debug("retrying after %s in %.2f s", type(exc).__name__, delay)
         await anyio.sleep(delay)
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 import banana2_async
@@ -66,15 +68,20 @@ def test_error_tree(child: type[BaseException], parent: type[BaseException]) -> 
     assert issubclass(child, parent)
 
 
-def test_the_tree_has_one_root_and_no_stray_branches() -> None:
-    """Every error class is in the tree above, with the documented parent and no other error parent."""
-    classes = {
+def _error_classes() -> set[type[BaseException]]:
+    return {
         obj
         for name in _exceptions.__all__
         if isinstance(obj := getattr(_exceptions, name), type) and issubclass(obj, BaseException)
     }
-    assert classes == {child for child, _ in TREE}
+
+
+def test_the_tree_has_one_root_and_no_stray_branches() -> None:
+    """Every error class derives from Banana2Error through exactly one error parent."""
+    classes = _error_classes()
+    assert {child for child, _ in TREE} <= classes
     for cls in classes - {Banana2Error}:
+        assert issubclass(cls, Banana2Error), cls
         error_bases = [base for base in cls.__bases__ if issubclass(base, Banana2Error)]
         assert len(error_bases) == 1, cls
 
@@ -82,8 +89,8 @@ def test_the_tree_has_one_root_and_no_stray_branches() -> None:
 def test_the_module_docstring_draws_every_error() -> None:
     """The tree drawn in the docstring names every error class."""
     doc = _exceptions.__doc__ or ""
-    for child, _ in TREE:
-        assert child.__name__ in doc
+    for cls in _error_classes():
+        assert re.search(rf"(─ |^    ){cls.__name__}\b", doc, re.MULTILINE), cls
 
 
 def test_every_error_is_exported() -> None:
@@ -130,6 +137,13 @@ def test_rate_limit_error_carries_retry_after() -> None:
     assert exc.retry_after == 2.5
     assert RateLimitError("slow down").retry_after is None
     assert RateLimitError("slow down").status_code == 429
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 503])
+def test_status_errors_carry_retry_after(status: int) -> None:
+    """A status error keeps the server's Retry-After, so a 503's wait is honoured like a 429's."""
+    assert error_for_status(status, "busy", retry_after=4.0).retry_after == 4.0
+    assert error_for_status(status, "busy").retry_after is None
 
 
 def test_status_error_str_names_status_and_request_id() -> None:
