@@ -6,7 +6,7 @@ import logging
 import math
 import os
 import random
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from types import TracebackType
 
 import anyio
@@ -117,8 +117,14 @@ class AsyncBanana2:
             raise InvalidRequestError(f"max_retries must be 0 or more, got {max_retries!r}", field="max_retries")
         submits = _positive_int("max_concurrent_submits", max_concurrent_submits)
         polls = _positive_int("max_concurrent_polls", max_concurrent_polls)
-        if not_found_grace < 0:
-            raise InvalidRequestError("not_found_grace must not be negative", field="not_found_grace")
+        if (
+            isinstance(not_found_grace, bool)
+            or not isinstance(not_found_grace, (int, float))
+            or not not_found_grace >= 0
+        ):
+            raise InvalidRequestError(
+                f"not_found_grace must be 0 or more seconds, got {not_found_grace!r}", field="not_found_grace"
+            )
 
         self._wait_timeout = _wait_timeout(wait_timeout)
         self._rng = random.Random(seed)
@@ -144,7 +150,8 @@ class AsyncBanana2:
         )
         self._submit_slots = anyio.CapacityLimiter(submits)
         self._task_group: TaskGroup | None = None
-        self._poller_scope = anyio.CancelScope()
+        # Made when the poller starts: a cancel scope needs a running event loop, and building a client does not.
+        self._poller_scope: anyio.CancelScope | None = None
         self._closed = False
 
     def __repr__(self) -> str:
@@ -186,7 +193,7 @@ class AsyncBanana2:
 
     async def _run_poller(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         # Its own scope, so closing stops the poller without cancelling the code in the `async with` body.
-        with self._poller_scope:
+        with anyio.CancelScope() as self._poller_scope:
             await self._poller.run(task_status=task_status)
 
     async def __aexit__(
@@ -215,7 +222,8 @@ class AsyncBanana2:
             return
         self._closed = True
         self._poller.close()
-        self._poller_scope.cancel()
+        if self._poller_scope is not None:
+            self._poller_scope.cancel()
         with anyio.CancelScope(shield=True):
             await self._wire.aclose()
 
@@ -355,12 +363,14 @@ class AsyncBanana2:
         self._require_open()
         return self._poller.attach(task_id, wait_timeout=timeout, immediately=True)
 
-    async def as_completed(self, handles: Iterable[TaskHandle]) -> AsyncIterator[TaskHandle]:
+    async def as_completed(self, handles: Iterable[TaskHandle]) -> AsyncGenerator[TaskHandle, None]:
         """Yield each handle as it settles, successes and failures alike.
 
         Check each with ``await handle`` (returns or raises at once) or
         ``handle.exception()``. Leaving the loop early releases the handles
-        no one else awaits.
+        no one else awaits once the generator is closed: to do that at once
+        (trio warns about an async generator left unclosed), loop over
+        ``contextlib.aclosing(client.as_completed(handles))``.
         """
         pending = list(dict.fromkeys(handles))
         if not pending:
