@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, Final, Literal, TypeVar, cast
+from typing import Any, Final, Literal, TypeVar
 
 import anyio
 import httpx
@@ -364,7 +364,7 @@ class Banana2:
 
         async def pump() -> None:
             # Closed here, in its own task, so its cleanup releases the handles before the pump ends.
-            done_handles = cast("AsyncGenerator[TaskHandle, None]", self._client.as_completed(by_handle))
+            done_handles = self._client.as_completed(by_handle)
             async with contextlib.aclosing(done_handles):
                 async for done in done_handles:
                     settled.put(done)
