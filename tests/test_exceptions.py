@@ -195,3 +195,15 @@ def test_task_errors_name_their_task() -> None:
     closed = ClientClosedError("t3")
     assert closed.task_id == "t3"
     assert "t3" in str(closed)
+
+
+def test_bulk_and_download_errors_keep_their_details() -> None:
+    """The errors of bulk runs and downloads keep what a caller needs to act on them."""
+    budget = _exceptions.BudgetExceededError("too dear", credits=480, max_credits=400)
+    assert isinstance(budget, InvalidRequestError)
+    assert (budget.field, budget.credits, budget.max_credits) == ("max_credits", 480, 400)
+    journal = _exceptions.JournalError("corrupt", path="/tmp/run.sqlite", reason="corrupt")
+    assert (journal.path, journal.reason, journal.message) == ("/tmp/run.sqlite", "corrupt", "corrupt")
+    expired = _exceptions.ResultExpiredError("gone", url="https://cdn.example/1.png", task_id="t", status_code=410)
+    assert isinstance(expired, _exceptions.DownloadError)
+    assert (expired.url, expired.task_id, expired.status_code) == ("https://cdn.example/1.png", "t", 410)

@@ -31,6 +31,7 @@ from banana2_async import (
     RateLimitError,
     SubmissionUncertainError,
 )
+from banana2_async._http import Wire
 
 pytestmark = pytest.mark.anyio
 
@@ -271,8 +272,10 @@ async def test_http_200_with_code_402_is_insufficient_credits(api: respx.MockRou
         b"plain text",
         b'{"task_id": "t1", "status": "SUCCESS"}',
         b"[1, 2, 3]",
+        b'{"code": 200, "data": {"task_id": "t1"}, "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"code": 200, "data": ' + b'{"a":' * 100_000 + b"1" + b"}" * 100_001,
     ],
-    ids=["html", "non-utf-8", "text", "no-envelope", "list"],
+    ids=["html", "non-utf-8", "text", "no-envelope", "list", "deeply-nested", "deeply-nested-data"],
 )
 async def test_a_200_that_is_not_the_envelope_is_an_api_response_error(api: respx.MockRouter, content: bytes) -> None:
     """An HTTP 200 body that is not the envelope raises APIResponseError with a short excerpt."""
@@ -514,6 +517,15 @@ async def test_submit_that_may_have_landed_is_uncertain(
     assert "not sent again" in str(caught.value)
 
 
+async def test_a_deeply_nested_200_to_a_submit_is_uncertain(client: AsyncBanana2, api: respx.MockRouter) -> None:
+    """A 200 too deeply nested to parse is a garbled answer: SubmissionUncertainError, not a RecursionError."""
+    route = api.post("/api/generate").mock(return_value=_raw(200, b'{"code": 200, "data": ' + b"[" * 100_000))
+    with pytest.raises(SubmissionUncertainError) as caught:
+        await client.submit("a fox")
+    assert isinstance(caught.value.__cause__, APIResponseError)
+    assert route.call_count == 1
+
+
 async def test_uncertain_submit_keeps_the_status_code(client: AsyncBanana2, api: respx.MockRouter) -> None:
     """A 502 made uncertain keeps its status code, and its cause is the InternalServerError."""
     api.post("/api/generate").mock(return_value=_error(502, "bad gateway"))
@@ -647,3 +659,53 @@ async def test_submit_answer_keeps_unknown_fields(client: AsyncBanana2, api: res
         return_value=_json(200, {"code": "200", "message": "ok", "data": {"task_id": "t5", "eta": 12}, "extra": 1})
     )
     assert (await client.submit("a fox")).task_id == "t5"
+
+
+# -- the httpx client ----------------------------------------------------------------------------
+
+
+async def test_a_callers_http_client_is_used_and_left_open() -> None:
+    """Requests go through the caller's httpx client, and closing the SDK client does not close it."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return _running()
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        async with _client(http_client=http) as sdk:
+            assert sdk.http_client is http
+            await sdk.status("t1")
+        assert not http.is_closed
+        assert len(seen) == 1
+
+
+async def test_the_sdks_own_http_client_is_closed_with_it(api: respx.MockRouter) -> None:
+    """The httpx client the SDK made is closed by ``aclose``."""
+    api.get("/api/status").mock(return_value=_running())
+    async with _client() as sdk:
+        await sdk.status("t1")
+        http = sdk.http_client
+    assert http.is_closed
+
+
+async def test_a_wire_without_a_gate_sends_at_once() -> None:
+    """The wire on its own (no client, no rate budget) sends each request straight away."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return _accepted("w1") if request.method == "POST" else _running("w1")
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        wire = Wire(
+            api_key=KEY,
+            base_url=httpx.URL(BASE),
+            http_client=http,
+            timeout=httpx.Timeout(5.0),
+            max_retries=0,
+            max_in_flight=1,
+            retry_uncertain_submits=False,
+        )
+        assert (await wire.submit(GenerationRequest(prompt="a fox"))).task_id == "w1"
+        assert (await wire.poll("w1")).task_id == "w1"
+        await wire.aclose()
+        assert not http.is_closed
