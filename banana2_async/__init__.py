@@ -16,6 +16,10 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__ as __version__
 
 if TYPE_CHECKING:
+    from ._batch import Batch as Batch
+    from ._batch import BatchEvent as BatchEvent
+    from ._batch import BatchOutcome as BatchOutcome
+    from ._batch import BatchPlan as BatchPlan
     from ._client import AsyncBanana2 as AsyncBanana2
     from ._exceptions import APIConnectionError as APIConnectionError
     from ._exceptions import APIResponseError as APIResponseError
@@ -24,13 +28,17 @@ if TYPE_CHECKING:
     from ._exceptions import AuthenticationError as AuthenticationError
     from ._exceptions import BadRequestError as BadRequestError
     from ._exceptions import Banana2Error as Banana2Error
+    from ._exceptions import BudgetExceededError as BudgetExceededError
     from ._exceptions import ClientClosedError as ClientClosedError
     from ._exceptions import ConfigurationError as ConfigurationError
+    from ._exceptions import DownloadError as DownloadError
     from ._exceptions import InsufficientCreditsError as InsufficientCreditsError
     from ._exceptions import InternalServerError as InternalServerError
     from ._exceptions import InvalidRequestError as InvalidRequestError
+    from ._exceptions import JournalError as JournalError
     from ._exceptions import NotFoundError as NotFoundError
     from ._exceptions import RateLimitError as RateLimitError
+    from ._exceptions import ResultExpiredError as ResultExpiredError
     from ._exceptions import SubmissionUncertainError as SubmissionUncertainError
     from ._exceptions import TaskError as TaskError
     from ._exceptions import TaskFailedError as TaskFailedError
@@ -46,6 +54,10 @@ if TYPE_CHECKING:
 
 _MODULES: dict[str, str] = {
     "AsyncBanana2": "._client",
+    "Batch": "._batch",
+    "BatchEvent": "._batch",
+    "BatchOutcome": "._batch",
+    "BatchPlan": "._batch",
     "APIConnectionError": "._exceptions",
     "APIResponseError": "._exceptions",
     "APIStatusError": "._exceptions",
@@ -53,13 +65,17 @@ _MODULES: dict[str, str] = {
     "AuthenticationError": "._exceptions",
     "BadRequestError": "._exceptions",
     "Banana2Error": "._exceptions",
+    "BudgetExceededError": "._exceptions",
     "ClientClosedError": "._exceptions",
     "ConfigurationError": "._exceptions",
+    "DownloadError": "._exceptions",
     "InsufficientCreditsError": "._exceptions",
     "InternalServerError": "._exceptions",
     "InvalidRequestError": "._exceptions",
+    "JournalError": "._exceptions",
     "NotFoundError": "._exceptions",
     "RateLimitError": "._exceptions",
+    "ResultExpiredError": "._exceptions",
     "SubmissionUncertainError": "._exceptions",
     "TaskError": "._exceptions",
     "TaskFailedError": "._exceptions",
@@ -85,16 +101,24 @@ __all__ = [
     "BadRequestError",
     "Banana2",
     "Banana2Error",
+    "Batch",
+    "BatchEvent",
+    "BatchOutcome",
+    "BatchPlan",
+    "BudgetExceededError",
     "ClientClosedError",
     "ConfigurationError",
+    "DownloadError",
     "GenerationRequest",
     "GenerationResult",
     "InsufficientCreditsError",
     "InternalServerError",
     "InvalidRequestError",
+    "JournalError",
     "NotFoundError",
     "NotGiven",
     "RateLimitError",
+    "ResultExpiredError",
     "SubmissionUncertainError",
     "SyncTaskHandle",
     "TaskError",

@@ -6,13 +6,16 @@ import logging
 import math
 import os
 import random
-from collections.abc import AsyncGenerator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
+from pathlib import Path
 from types import TracebackType
 
 import anyio
 import httpx
 from anyio.abc import TaskGroup, TaskStatus
 
+from ._batch import DEFAULT_CONCURRENCY, Batch, BatchEvent
+from ._download import DEFAULT_MAX_BYTES, DEFAULT_MAX_RETRIES, download_result
 from ._exceptions import ConfigurationError, InvalidRequestError
 from ._handle import TaskHandle
 from ._http import DEFAULT_BASE_URL, DEFAULT_TIMEOUT, Wire, check_base_url
@@ -389,3 +392,75 @@ class AsyncBanana2:
                 handle._exit_wait()
             send.close()
             receive.close()
+
+    # -- bulk runs and downloads ---------------------------------------------------------------
+
+    def batch(
+        self,
+        requests: Iterable[GenerationRequest | str],
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        journal: str | os.PathLike[str] | None = None,
+        max_credits: int | None = None,
+        resubmit_uncertain: bool = False,
+        dest_dir: str | os.PathLike[str] | None = None,
+        on_event: Callable[[BatchEvent], object] | None = None,
+        wait_timeout: float | NotGiven | None = NOT_GIVEN,
+    ) -> Batch:
+        """A bulk run of ``requests`` (`GenerationRequest` objects or prompts): iterate it for outcomes.
+
+        ``async for outcome in client.batch(requests):`` yields a `BatchOutcome`
+        per request in the order they finish. Nothing is sent until the loop starts.
+
+        Args:
+            concurrency: Tasks in flight at once, from submit until downloaded.
+            journal: A sqlite file recording the run; running the same job with
+                it again resumes without paying twice.
+            max_credits: Refuse to start (`BudgetExceededError`) if the run would cost more.
+            resubmit_uncertain: Send again the rows of an earlier run whose
+                submit may have been paid for without an answer.
+            dest_dir: Download each result there (see `download`).
+            on_event: Called with every `BatchEvent` (submitted, tracked,
+                polled, succeeded, failed) while the run is iterated.
+            wait_timeout: Deadline of each task; the client's default if not given.
+
+        Raises:
+            InvalidRequestError: A request or an option is invalid (nothing is sent).
+        """
+        return Batch(
+            self,
+            requests,
+            concurrency=concurrency,
+            journal=journal,
+            max_credits=max_credits,
+            resubmit_uncertain=resubmit_uncertain,
+            dest_dir=dest_dir,
+            on_event=on_event,
+            wait_timeout=wait_timeout,
+        )
+
+    async def download(
+        self,
+        result: GenerationResult,
+        dest_dir: str | os.PathLike[str],
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+    ) -> list[Path]:
+        """Download the images of ``result`` into ``dest_dir``; return the paths written.
+
+        Image ``n`` of task ``T`` becomes ``T-n.<ext>``, the extension from the
+        answer's content type. Each file is streamed to a temporary name and
+        renamed when complete. The API key is never sent to the result host.
+        Works without entering the client's context.
+
+        Raises:
+            ResultExpiredError: A result URL answered 403, 404 or 410.
+            DownloadError: An image could not be downloaded (too large, not an
+                image, still failing after ``max_retries`` retries, disk error).
+        """
+        if self._closed:
+            raise RuntimeError("this AsyncBanana2 is closed")
+        return await download_result(
+            self._wire.http_client, result, dest_dir, max_bytes=max_bytes, max_retries=max_retries, rng=self._rng
+        )

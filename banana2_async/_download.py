@@ -1,0 +1,305 @@
+"""Result downloads: streamed, size-capped, atomic, and without the API's credentials.
+
+Result URLs live on hosts other than the API's and may be signed for minutes
+only. Each image is streamed into a hidden temporary file beside its final
+name and renamed into place once it is whole, so a file named
+``<task_id>-<n>.<ext>`` is never a partial image. Requests are built without
+the API's headers and without the http client's own auth: the API key never
+reaches a result host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+import secrets
+import time
+from collections.abc import AsyncGenerator, Mapping
+from pathlib import Path
+from typing import IO, Final, cast
+
+import anyio
+import anyio.to_thread
+import httpx
+
+from ._exceptions import APIConnectionError, APIResponseError, DownloadError, InvalidRequestError, ResultExpiredError
+from ._http import USER_AGENT, _translated
+from ._models import GenerationResult
+from ._retry import backoff, outcome_of, retry_after_seconds, status_decision
+
+__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_RETRIES", "download_result", "extension_for", "safe_stem"]
+
+DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
+DEFAULT_MAX_RETRIES: Final = 3
+_CHUNK: Final = 64 * 1024
+_MAX_RETRY_AFTER: Final = 30.0
+_EXPIRED: Final = frozenset({403, 404, 410})
+_UNSAFE: Final = re.compile(r"[^A-Za-z0-9_.-]")
+_MAX_STEM: Final = 100
+
+_EXTENSIONS: Final[Mapping[str, str]] = {
+    "image/png": "png",
+    "image/jpeg": "jpg",
+    "image/jpg": "jpg",
+    "image/pjpeg": "jpg",
+    "image/webp": "webp",
+    "image/gif": "gif",
+    "image/avif": "avif",
+    "image/heic": "heic",
+    "image/bmp": "bmp",
+    "image/tiff": "tiff",
+}
+# A type that says nothing about the bytes: the bytes themselves decide.
+_UNTYPED: Final = frozenset({"", "application/octet-stream", "binary/octet-stream"})
+_MAGIC: Final = (
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"\xff\xd8\xff", "jpg"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
+)
+
+
+class _Transient(Exception):
+    """One attempt failed in a way another attempt may not: a 5xx, a 429, a body cut short."""
+
+    def __init__(self, message: str, *, status_code: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+
+def safe_stem(task_id: str) -> str:
+    """``task_id`` made safe as a file name: no path separators, no leading dot."""
+    stem = _UNSAFE.sub("_", task_id).lstrip(".")[:_MAX_STEM]
+    return stem or "task"
+
+
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def extension_for(content_type: str | None, head: bytes) -> str | None:
+    """The file extension for an image: from its content type, else from its first bytes.
+
+    Returns ``None`` when the answer is not an image.
+    """
+    media = _media_type(content_type)
+    if media in _EXTENSIONS:
+        return _EXTENSIONS[media]
+    if media not in _UNTYPED:
+        return None
+    for magic, extension in _MAGIC:
+        if head.startswith(magic):
+            return extension
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def _label(url: httpx.URL) -> str:
+    # The query of a signed URL is a credential of sorts: errors name the URL without it.
+    return str(url.copy_with(query=None, fragment=None))
+
+
+async def download_result(
+    http_client: httpx.AsyncClient,
+    result: GenerationResult,
+    dest_dir: str | os.PathLike[str],
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+    rng: random.Random | None = None,
+) -> list[Path]:
+    """Download every image of ``result`` into ``dest_dir``; return the paths written, in order.
+
+    Image ``n`` (from 0) of task ``T`` is saved as ``T-n.<ext>``, the
+    extension taken from the answer's content type (or, for an untyped
+    answer, its first bytes), never from the URL. ``dest_dir`` is created if
+    missing; an existing file of the same name is replaced atomically.
+
+    Raises:
+        InvalidRequestError: ``max_bytes`` or ``max_retries`` is out of range.
+        ResultExpiredError: A result host answered 403, 404 or 410.
+        DownloadError: An image could not be downloaded (too large, not an
+            image, still failing after ``max_retries`` retries, or a disk error).
+    """
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise InvalidRequestError(f"max_bytes must be a positive integer, got {max_bytes!r}", field="max_bytes")
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise InvalidRequestError(f"max_retries must be 0 or more, got {max_retries!r}", field="max_retries")
+    directory = Path(dest_dir)
+    try:
+        await anyio.Path(directory).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DownloadError(
+            f"cannot create the directory {str(directory)!r}: {exc.strerror or exc}",
+            url="",
+            task_id=result.task_id,
+        ) from exc
+    stem = safe_stem(result.task_id)
+    fetch = _Fetch(http_client, max_bytes=max_bytes, max_retries=max_retries, rng=rng or random.Random())
+    return [
+        await fetch.one(url, directory, f"{stem}-{index}", task_id=result.task_id)
+        for index, url in enumerate(result.images)
+    ]
+
+
+class _Fetch:
+    """The download of one image after another, with the same limits and retry policy."""
+
+    __slots__ = ("_client", "_max_bytes", "_max_retries", "_rng")
+
+    def __init__(self, client: httpx.AsyncClient, *, max_bytes: int, max_retries: int, rng: random.Random) -> None:
+        self._client = client
+        self._max_bytes = max_bytes
+        self._max_retries = max_retries
+        self._rng = rng
+
+    async def one(self, raw_url: str, directory: Path, name: str, *, task_id: str) -> Path:
+        """Download one image to ``directory/name.<ext>``, retrying transient failures."""
+        try:
+            url = httpx.URL(raw_url)
+        except (httpx.InvalidURL, TypeError) as exc:
+            raise DownloadError("the result URL is not a valid URL", url="", task_id=task_id) from exc
+        label = _label(url)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise DownloadError(f"the result URL {label!r} is not an http(s) URL", url=label, task_id=task_id)
+        attempt = 0
+        while True:
+            try:
+                return await self._attempt(url, directory, name, task_id=task_id)
+            except (APIConnectionError, APIResponseError) as exc:
+                failure: Exception = exc
+                if status_decision(outcome_of(exc)) == "raise":
+                    raise DownloadError(f"GET {label}: {exc}", url=label, task_id=task_id) from exc
+                retry_after = None
+                status_code = exc.status_code if isinstance(exc, APIResponseError) else None
+            except _Transient as exc:
+                failure, retry_after, status_code = exc, exc.retry_after, exc.status_code
+            if attempt >= self._max_retries:
+                raise DownloadError(
+                    f"GET {label} failed after {attempt + 1} attempt(s): {failure}",
+                    url=label,
+                    task_id=task_id,
+                    status_code=status_code,
+                ) from failure
+            await anyio.sleep(retry_after if retry_after is not None else backoff(attempt, rng=self._rng))
+            attempt += 1
+
+    async def _attempt(self, url: httpx.URL, directory: Path, name: str, *, task_id: str) -> Path:
+        label = _label(url)
+        request = self._client.build_request("GET", url, headers={"Accept": "image/*", "User-Agent": USER_AGENT})
+        # A caller's http client may carry default headers meant for the API: none of them leave for a result host.
+        request.headers.pop("Authorization", None)
+        with _translated("GET", url.path):
+            response = await self._client.send(request, stream=True, auth=None, follow_redirects=True)
+            try:
+                self._check_status(response, label, task_id)
+                return await self._save(response, directory, name, label, task_id)
+            finally:
+                await response.aclose()
+
+    def _check_status(self, response: httpx.Response, label: str, task_id: str) -> None:
+        code = response.status_code
+        if 200 <= code < 300:
+            content_type = response.headers.get("content-type")
+            media = _media_type(content_type)
+            if media not in _EXTENSIONS and media not in _UNTYPED:
+                raise DownloadError(
+                    f"GET {label} answered with {content_type!r}, not an image", url=label, task_id=task_id
+                )
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self._max_bytes:
+                raise DownloadError(
+                    f"GET {label}: the image declares {declared} bytes, more than the cap of {self._max_bytes} bytes",
+                    url=label,
+                    task_id=task_id,
+                    status_code=code,
+                )
+            return
+        if code in _EXPIRED:
+            raise ResultExpiredError(
+                f"GET {label} answered {code}: the result URL has expired or the image is gone",
+                url=label,
+                task_id=task_id,
+                status_code=code,
+            )
+        if status_decision(code) == "retry":
+            hint = response.headers.get("retry-after")
+            retry_after = retry_after_seconds(hint, now=time.time(), cap=_MAX_RETRY_AFTER)
+            raise _Transient(f"HTTP {code}", status_code=code, retry_after=retry_after)
+        raise DownloadError(f"GET {label} answered {code}", url=label, task_id=task_id, status_code=code)
+
+    async def _save(self, response: httpx.Response, directory: Path, name: str, label: str, task_id: str) -> Path:
+        temporary = directory / f".{name}.{secrets.token_hex(4)}.part"
+        try:
+            file = await anyio.to_thread.run_sync(_create, temporary)
+        except OSError as exc:
+            raise DownloadError(
+                f"cannot write into {str(directory)!r}: {exc.strerror or exc}", url=label, task_id=task_id
+            ) from exc
+        finished = False
+        try:
+            head = b""
+            size = 0
+            # aclosing: leaving early (over the cap) finalises httpx's generators now, not at collection.
+            async with contextlib.aclosing(cast("AsyncGenerator[bytes, None]", response.aiter_bytes(_CHUNK))) as body:
+                async for chunk in body:
+                    size += len(chunk)
+                    if size > self._max_bytes:
+                        raise DownloadError(
+                            f"GET {label}: the image is larger than the cap of {self._max_bytes} bytes",
+                            url=label,
+                            task_id=task_id,
+                            status_code=response.status_code,
+                        )
+                    if len(head) < 16:
+                        head += chunk[:16]
+                    await anyio.to_thread.run_sync(file.write, chunk)
+            declared = response.headers.get("content-length", "")
+            # Without a content coding the bytes received are the bytes declared: a body
+            # cut short is never mistaken for an image, whatever the transport checked.
+            encoded = "content-encoding" in response.headers
+            if declared.isdigit() and not encoded and size != int(declared):
+                raise _Transient(
+                    f"the body was cut short: {size} of {declared} bytes", status_code=response.status_code
+                )
+            extension = extension_for(response.headers.get("content-type"), head)
+            if extension is None:
+                raise DownloadError(f"GET {label}: the answer is not an image", url=label, task_id=task_id)
+            final = directory / f"{name}.{extension}"
+            await anyio.to_thread.run_sync(_commit, file, temporary, final)
+            finished = True
+            return final
+        except OSError as exc:
+            raise DownloadError(
+                f"cannot write {str(temporary)!r}: {exc.strerror or exc}", url=label, task_id=task_id
+            ) from exc
+        finally:
+            if not finished:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(_discard, file, temporary)
+
+
+def _create(path: Path) -> IO[bytes]:
+    # "x": a name that exists is never written through, whoever made it.
+    return open(path, "xb")
+
+
+def _commit(file: IO[bytes], temporary: Path, final: Path) -> None:
+    """Make the complete temporary file durable, then give it its final name in one step."""
+    file.flush()
+    os.fsync(file.fileno())
+    file.close()
+    os.replace(temporary, final)
+    # Partial files of the same image left by an interrupted run are garbage now.
+    for stale in final.parent.glob(f".{final.stem}.*.part"):
+        stale.unlink(missing_ok=True)
+
+
+def _discard(file: IO[bytes], temporary: Path) -> None:
+    file.close()
+    temporary.unlink(missing_ok=True)

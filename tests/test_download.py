@@ -1,0 +1,384 @@
+"""Result downloads: names from the content type, atomic files, retries, typed errors, no credentials sent."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from banana2_async import (
+    AsyncBanana2,
+    DownloadError,
+    GenerationResult,
+    InvalidRequestError,
+    ResultExpiredError,
+    TaskInfo,
+)
+from banana2_async._download import extension_for, safe_stem
+from banana2_async.testing import ManualClock, Simulator, render_image
+
+pytestmark = pytest.mark.anyio
+
+KEY = "sk-download-test-secret"
+PNG = render_image("a red bicycle", "1:1", "1k", "png")
+JPEG = render_image("a red bicycle", "1:1", "1k", "jpeg")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Host
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Keep the test output quiet."""
+
+    def do_GET(self) -> None:
+        host = self.server
+        with host.lock:
+            path = self.path.split("?", 1)[0]
+            host.seen.append((path, {name.lower(): value for name, value in self.headers.items()}))
+            count = sum(1 for seen, _ in host.seen if seen == path)
+        route = host.routes.get(path)
+        if route is None:
+            self.answer(404, "text/plain", b"no such image")
+        else:
+            route(self, count)
+
+    def answer(self, status: int, content_type: str | None, body: bytes, extra: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        if content_type is not None:
+            self.send_header("Content-Type", content_type)
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def cut(self, body: bytes) -> None:
+        """Declare the whole body, send a tenth of it, and hang up."""
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 10])
+        self.wfile.flush()
+        self.close_connection = True
+        self.connection.shutdown(socket.SHUT_RDWR)
+
+    def unsized(self, body: bytes) -> None:
+        """Send a body with no declared length, ended by closing the connection."""
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = True
+
+
+Route = Callable[[_Handler, int], None]
+
+
+def _refusal(status: int) -> Route:
+    def route(handler: _Handler, count: int) -> None:
+        handler.answer(status, "text/plain", b"expired")
+
+    return route
+
+
+class _Host(ThreadingHTTPServer):
+    """A loopback result host that records every request's headers and answers from scripted routes."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.lock = threading.Lock()
+        self.seen: list[tuple[str, dict[str, str]]] = []
+        self.routes: dict[str, Route] = {
+            "/ok.png": lambda h, n: h.answer(200, "image/png", PNG),
+            "/photo.jpg": lambda h, n: h.answer(200, "image/png", PNG),
+            "/photo.png": lambda h, n: h.answer(200, "image/jpeg; charset=binary", JPEG),
+            "/untyped": lambda h, n: h.answer(200, "application/octet-stream", PNG),
+            "/noise": lambda h, n: h.answer(200, None, b"0123456789abcdef" * 4),
+            "/html": lambda h, n: h.answer(200, "text/html", b"<html>sign in</html>"),
+            "/bad": lambda h, n: h.answer(400, "text/plain", b"bad"),
+            "/flaky": lambda h, n: (
+                h.answer(503, "text/plain", b"busy", {"Retry-After": "0"})
+                if n <= 2
+                else h.answer(200, "image/png", PNG)
+            ),
+            "/cut": lambda h, n: h.cut(PNG),
+            "/cut-once": lambda h, n: h.cut(PNG) if n == 1 else h.answer(200, "image/png", PNG),
+            "/big": lambda h, n: h.answer(200, "image/png", PNG),
+            "/unsized": lambda h, n: h.unsized(PNG),
+            "/redirect": lambda h, n: h.answer(302, "text/plain", b"", {"Location": "/ok.png"}),
+        }
+        for status in (403, 404, 410):
+            self.routes[f"/expired-{status}"] = _refusal(status)
+
+    @property
+    def base_url(self) -> str:
+        """Where the host listens."""
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def hits(self, path: str) -> int:
+        """How many requests reached ``path``."""
+        with self.lock:
+            return sum(1 for seen, _ in self.seen if seen == path)
+
+
+@pytest.fixture
+def host() -> Iterator[_Host]:
+    """A fresh recording result host on a loopback port."""
+    server = _Host()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[AsyncBanana2]:
+    """A client with a secret key and an API host that is never contacted."""
+    async with AsyncBanana2(api_key=KEY, base_url="https://api.banana2.invalid") as sdk:
+        yield sdk
+
+
+def _result(task_id: str, *urls: str) -> GenerationResult:
+    return GenerationResult.from_info(TaskInfo(task_id=task_id, status="SUCCESS", response=list(urls)))
+
+
+def _names(directory: Path) -> list[str]:
+    return sorted(path.name for path in directory.iterdir()) if directory.exists() else []
+
+
+async def test_files_are_named_by_task_index_and_content_type(
+    client: AsyncBanana2, host: _Host, tmp_path: Path
+) -> None:
+    """Each image is saved as <task_id>-<n>.<ext>, the extension from the content type, never the URL path."""
+    result = _result("task1", f"{host.base_url}/photo.jpg", f"{host.base_url}/photo.png?sig=abc")
+    paths = await client.download(result, tmp_path / "new" / "dir")
+    assert [path.name for path in paths] == ["task1-0.png", "task1-1.jpg"]
+    assert paths[0].read_bytes() == PNG
+    assert paths[1].read_bytes() == JPEG
+    assert _names(tmp_path / "new" / "dir") == ["task1-0.png", "task1-1.jpg"]
+
+
+async def test_an_untyped_answer_is_named_by_its_bytes(client: AsyncBanana2, host: _Host, tmp_path: Path) -> None:
+    """application/octet-stream is named from the image's magic bytes; unknown bytes are refused."""
+    (path,) = await client.download(_result("t2", f"{host.base_url}/untyped"), tmp_path)
+    assert path.name == "t2-0.png"
+    with pytest.raises(DownloadError, match="not an image"):
+        await client.download(_result("t3", f"{host.base_url}/noise"), tmp_path)
+    assert _names(tmp_path) == ["t2-0.png"]
+
+
+async def test_the_api_key_never_reaches_a_result_host(host: _Host, tmp_path: Path) -> None:
+    """No Authorization header reaches the result host, even from a caller's http client with auth defaults."""
+    async with (
+        httpx.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}, auth=("user", "password")) as http,
+        AsyncBanana2(api_key=KEY, base_url="https://api.banana2.invalid", http_client=http) as client,
+    ):
+        await client.download(_result("t4", f"{host.base_url}/ok.png", f"{host.base_url}/redirect"), tmp_path)
+    requests = host.seen
+    assert [path for path, _ in requests] == ["/ok.png", "/redirect", "/ok.png"]
+    for _, headers in requests:
+        assert "authorization" not in headers
+        assert all(KEY not in value for value in headers.values())
+        assert headers["user-agent"].startswith("banana2-async/")
+
+
+async def test_a_download_cut_off_leaves_no_file(client: AsyncBanana2, host: _Host, tmp_path: Path) -> None:
+    """A body cut short on every attempt raises DownloadError; no final file and no partial file remain."""
+    with pytest.raises(DownloadError, match="after 2 attempt") as caught:
+        await client.download(_result("t5", f"{host.base_url}/cut"), tmp_path, max_retries=1)
+    assert not isinstance(caught.value, ResultExpiredError)
+    assert caught.value.task_id == "t5"
+    assert host.hits("/cut") == 2
+    assert _names(tmp_path) == []
+
+
+async def test_a_cut_off_download_is_retried_whole(client: AsyncBanana2, host: _Host, tmp_path: Path) -> None:
+    """A body cut short once is downloaded again from the start; the file holds the whole image."""
+    (path,) = await client.download(_result("t6", f"{host.base_url}/cut-once"), tmp_path)
+    assert path.read_bytes() == PNG
+    assert _names(tmp_path) == ["t6-0.png"]
+
+
+async def test_transient_statuses_are_retried(client: AsyncBanana2, host: _Host, tmp_path: Path) -> None:
+    """503s with Retry-After are retried until the image comes."""
+    (path,) = await client.download(_result("t7", f"{host.base_url}/flaky"), tmp_path)
+    assert path.read_bytes() == PNG
+    assert host.hits("/flaky") == 3
+
+
+@pytest.mark.parametrize("status", [403, 404, 410])
+async def test_an_expired_url_is_a_typed_error_without_retries(
+    client: AsyncBanana2, host: _Host, tmp_path: Path, status: int
+) -> None:
+    """403, 404 and 410 raise ResultExpiredError at once, naming the URL without its query string."""
+    path = f"/expired-{status}"
+    with pytest.raises(ResultExpiredError) as caught:
+        await client.download(_result("t8", f"{host.base_url}{path}?signature=secret"), tmp_path)
+    assert caught.value.status_code == status
+    assert caught.value.url == f"{host.base_url}{path}"
+    assert "secret" not in str(caught.value)
+    assert host.hits(path) == 1
+
+
+@pytest.mark.parametrize(("path", "message"), [("/html", "not an image"), ("/bad", "answered 400")])
+async def test_definite_refusals_are_not_retried(
+    client: AsyncBanana2, host: _Host, tmp_path: Path, path: str, message: str
+) -> None:
+    """A page that is not an image, or a 400, raises DownloadError after one request."""
+    with pytest.raises(DownloadError, match=message):
+        await client.download(_result("t9", f"{host.base_url}{path}"), tmp_path)
+    assert host.hits(path) == 1
+    assert _names(tmp_path) == []
+
+
+@pytest.mark.parametrize("path", ["/big", "/unsized"])
+async def test_the_size_cap_holds_declared_or_not(client: AsyncBanana2, host: _Host, tmp_path: Path, path: str) -> None:
+    """An image over max_bytes is refused, whether its length is declared up front or only streamed."""
+    with pytest.raises(DownloadError, match="cap of 1000 bytes"):
+        await client.download(_result("t10", f"{host.base_url}{path}"), tmp_path, max_bytes=1000)
+    assert _names(tmp_path) == []
+    (saved,) = await client.download(_result("t10", f"{host.base_url}/unsized"), tmp_path)
+    assert saved.read_bytes() == PNG
+
+
+async def test_a_hostile_task_id_stays_inside_the_directory(client: AsyncBanana2, host: _Host, tmp_path: Path) -> None:
+    """A task id with path separators or a leading dot cannot name a file outside dest_dir."""
+    (path,) = await client.download(_result("../../etc/passwd", f"{host.base_url}/ok.png"), tmp_path / "out")
+    assert path.parent == tmp_path / "out"
+    assert path.name == "_.._etc_passwd-0.png"
+    assert safe_stem("...") == "task"
+
+
+async def test_stale_partial_files_of_the_image_are_removed(client: AsyncBanana2, host: _Host, tmp_path: Path) -> None:
+    """A partial file left by an interrupted download is removed once the image is complete."""
+    (tmp_path / ".t11-0.dead0000.part").write_bytes(b"half an image")
+    (tmp_path / ".t11-01.keep0000.part").write_bytes(b"another image")
+    await client.download(_result("t11", f"{host.base_url}/ok.png"), tmp_path)
+    assert _names(tmp_path) == [".t11-01.keep0000.part", "t11-0.png"]
+
+
+async def test_an_unreachable_host_is_retried_then_a_download_error(client: AsyncBanana2, tmp_path: Path) -> None:
+    """A refused connection is retried, then raised as DownloadError chained to the connection error."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(DownloadError, match="after 2 attempt") as caught:
+        await client.download(_result("t12", f"http://127.0.0.1:{port}/x.png"), tmp_path, max_retries=1)
+    assert caught.value.__cause__ is not None
+
+
+async def test_bad_arguments_and_urls(client: AsyncBanana2, tmp_path: Path) -> None:
+    """Invalid limits raise InvalidRequestError; a URL that is not http(s), or a file as dest_dir, DownloadError."""
+    result = _result("t13", "https://example.invalid/a.png")
+    with pytest.raises(InvalidRequestError):
+        await client.download(result, tmp_path, max_bytes=0)
+    with pytest.raises(InvalidRequestError):
+        await client.download(result, tmp_path, max_retries=-1)
+    with pytest.raises(DownloadError, match="not an http"):
+        await client.download(_result("t13", "ftp://example.invalid/a.png"), tmp_path)
+    with pytest.raises(DownloadError, match="not a valid URL"):
+        await client.download(_result("t13", "http://[::1"), tmp_path)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(DownloadError, match="cannot create"):
+        await client.download(result, blocker / "sub")
+
+
+async def test_a_closed_client_refuses_to_download(tmp_path: Path) -> None:
+    """download on a closed client raises RuntimeError."""
+    client = AsyncBanana2(api_key=KEY)
+    await client.aclose()
+    with pytest.raises(RuntimeError):
+        await client.download(_result("t14", "https://example.invalid/a.png"), tmp_path)
+
+
+async def test_simulator_results_download_in_process(tmp_path: Path) -> None:
+    """A task run in the in-process simulator downloads as the exact bytes of its image."""
+    sim = Simulator(speed=1000, seed=5)
+    async with sim.client() as client:
+        result = await client.generate("a lighthouse", aspect_ratio="16:9", output_format="jpeg")
+        (path,) = await client.download(result, tmp_path)
+    assert path.name == f"{result.task_id}-0.jpg"
+    assert path.read_bytes() == render_image("a lighthouse", "16:9", "1k", "jpeg")
+
+
+async def test_an_expired_simulator_result_is_a_typed_error(tmp_path: Path) -> None:
+    """Once the simulator's result_ttl has passed, downloading raises ResultExpiredError."""
+    clock = ManualClock()
+    sim = Simulator(speed=1000, seed=6, clock=clock, result_ttl=60)
+    async with sim.client() as client:
+        handle = await client.submit("short-lived")
+        clock.advance(1)
+        result = await handle
+        clock.advance(120)
+        with pytest.raises(ResultExpiredError) as caught:
+            await client.download(result, tmp_path)
+    assert caught.value.status_code == 403
+    assert _names(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("content_type", "head", "expected"),
+    [
+        ("image/webp", b"", "webp"),
+        ("IMAGE/JPEG; q=1", b"", "jpg"),
+        ("", b"GIF89a....", "gif"),
+        ("application/octet-stream", b"RIFF\x00\x00\x00\x00WEBPVP8 ", "webp"),
+        (None, b"\xff\xd8\xff\xe0", "jpg"),
+        ("text/plain", b"\x89PNG\r\n\x1a\n", None),
+        (None, b"plain text", None),
+    ],
+)
+def test_extension_for(content_type: str | None, head: bytes, expected: str | None) -> None:
+    """The extension comes from the content type; only an untyped answer is judged by its bytes."""
+    assert extension_for(content_type, head) == expected
+
+
+async def test_failures_seen_through_a_custom_transport(tmp_path: Path) -> None:
+    """A short body without a hang-up is retried; a local protocol error, a vanished or blocked target fail typed."""
+    big = b"\x89PNG\r\n\x1a\n" + bytes(200_000)
+    target = tmp_path / "out"
+    calls: dict[str, int] = {}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        calls[path] = calls.get(path, 0) + 1
+        assert "authorization" not in request.headers
+        if path == "/short.png":
+            return httpx.Response(200, headers={"content-length": "100", "content-type": "image/png"}, content=b"x")
+        if path == "/local.png":
+            raise httpx.LocalProtocolError("cannot send")
+        if path == "/vanish.png":
+            target.rmdir()
+        return httpx.Response(200, headers={"content-type": "image/png"}, content=big)
+
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http,
+        AsyncBanana2(api_key=KEY, base_url="https://api.banana2.invalid", http_client=http) as client,
+    ):
+        (path,) = await client.download(_result("t15", "https://cdn.invalid/big.png"), target)
+        assert path.read_bytes() == big
+        with pytest.raises(DownloadError, match="cut short: 1 of 100 bytes"):
+            await client.download(_result("t15", "https://cdn.invalid/short.png"), target, max_retries=0)
+        with pytest.raises(DownloadError, match="could not be sent"):
+            await client.download(_result("t15", "https://cdn.invalid/local.png"), target)
+        assert calls["/local.png"] == 1
+        (target / "t16-0.png").mkdir()
+        with pytest.raises(DownloadError, match="cannot write"):
+            await client.download(_result("t16", "https://cdn.invalid/big.png"), target)
+        assert sorted(p.name for p in target.iterdir()) == ["t15-0.png", "t16-0.png"]
+        (target / "t16-0.png").rmdir()
+        (target / "t15-0.png").unlink()
+        with pytest.raises(DownloadError, match="cannot write into"):
+            await client.download(_result("t17", "https://cdn.invalid/vanish.png"), target)
