@@ -62,12 +62,21 @@ def classify_status(status: object) -> TaskState:
     return "unknown"
 
 
+def _is_utf8(value: str) -> bool:
+    # A lone surrogate is a valid str but no UTF-8: the JSON body could not be encoded.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _is_http_url(value: str) -> bool:
     try:
         parts = urlsplit(value)
     except ValueError:
         return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and _is_utf8(value)
 
 
 class GenerationRequest(BaseModel):
@@ -102,6 +111,8 @@ class GenerationRequest(BaseModel):
             raise ValueError("prompt must not be blank")
         if len(value) > MAX_PROMPT_LENGTH:
             raise ValueError(f"prompt is {len(value)} characters long; the API takes at most {MAX_PROMPT_LENGTH}")
+        if not _is_utf8(value):
+            raise ValueError("prompt holds a lone surrogate, which cannot be sent as UTF-8")
         return value
 
     @field_validator("type", mode="before")

@@ -21,6 +21,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._exceptions import (
+    APIResponseError,
     AuthenticationError,
     Banana2Error,
     ClientClosedError,
@@ -293,6 +294,11 @@ class Poller:
             _prepaid.reset(prepaid)
 
     def _answered(self, task_id: str, sent: float, info: TaskInfo) -> None:
+        if info.task_id != task_id:
+            # Another task's answer (a mixed-up proxy or cache) must not settle this one: poll it again.
+            mixed_up = APIResponseError(f"the status answer for task {task_id} is about task {info.task_id[:64]!r}")
+            self._poll_failed(task_id, sent, mixed_up)
+            return
         state = info.state
         if state == "success":
             self._settle(task_id, GenerationResult.from_info(info), None)
