@@ -13,6 +13,7 @@ from typing import Any, TypeAlias
 import httpx
 import pytest
 import respx
+import trio.testing
 
 from banana2_async import (
     APIConnectionError,
@@ -78,6 +79,14 @@ def _raw(status: int, content: bytes, **headers: str) -> httpx.Response:
     return httpx.Response(
         status, stream=httpx.ByteStream(content), headers={"content-length": str(len(content)), **headers}
     )
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str | tuple[str, dict[str, Any]]:
+    """Both backends; trio on an autojump clock, so backoff sleeps cost no wall time there."""
+    if request.param == "trio":
+        return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
+    return "asyncio"
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 import respx
+import trio.testing
 
 from banana2_async import (
     APIResponseError,
@@ -50,6 +51,14 @@ def _done(task_id: str) -> httpx.Response:
 
 def _error(status: int, message: str = "error", **headers: str) -> httpx.Response:
     return _json(status, {"code": status, "message": message, "data": None}, **headers)
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str | tuple[str, dict[str, Any]]:
+    """Both backends; trio on an autojump clock, so backoff sleeps cost no wall time there."""
+    if request.param == "trio":
+        return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
+    return "asyncio"
 
 
 @pytest.fixture(autouse=True)
