@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from ._models import GenerationResult as GenerationResult
     from ._models import TaskInfo as TaskInfo
     from ._sync import Banana2 as Banana2
+    from ._sync import SyncBatch as SyncBatch
     from ._sync import SyncTaskHandle as SyncTaskHandle
     from ._types import NOT_GIVEN as NOT_GIVEN
     from ._types import NotGiven as NotGiven
@@ -85,6 +86,7 @@ _MODULES: dict[str, str] = {
     "GenerationResult": "._models",
     "TaskInfo": "._models",
     "Banana2": "._sync",
+    "SyncBatch": "._sync",
     "SyncTaskHandle": "._sync",
     "NOT_GIVEN": "._types",
     "NotGiven": "._types",
@@ -120,6 +122,7 @@ __all__ = [
     "RateLimitError",
     "ResultExpiredError",
     "SubmissionUncertainError",
+    "SyncBatch",
     "SyncTaskHandle",
     "TaskError",
     "TaskFailedError",

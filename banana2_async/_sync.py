@@ -7,29 +7,30 @@ Every method may be called from any thread, several at once.
 
 from __future__ import annotations
 
-import contextlib
+import os
 import queue
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import anyio
 import httpx
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from ._batch import DEFAULT_CONCURRENCY, Batch, BatchEvent, BatchOutcome, BatchPlan
 from ._client import DEFAULT_NOT_FOUND_GRACE, DEFAULT_WAIT_TIMEOUT, AsyncBanana2
+from ._download import DEFAULT_MAX_BYTES, DEFAULT_MAX_RETRIES
 from ._exceptions import InvalidRequestError, TaskTimeoutError
 from ._handle import TaskHandle
 from ._http import DEFAULT_TIMEOUT
 from ._models import GenerationRequest, GenerationResult, TaskInfo
 from ._types import NOT_GIVEN, AspectRatio, NotGiven, OutputFormat, Resolution, TaskType
 
-__all__ = ["Banana2", "SyncTaskHandle"]
+__all__ = ["Banana2", "SyncBatch", "SyncTaskHandle"]
 
 T = TypeVar("T")
-
-_END: Final = object()
 
 
 def _positive_timeout(timeout: float | None) -> float | None:
@@ -360,26 +361,155 @@ class Banana2:
         if not pending:
             return
         by_handle = {handle.async_handle: handle for handle in pending}
-        settled: queue.SimpleQueue[object] = queue.SimpleQueue()
+        for done in self._iterate(lambda: self._client.as_completed(by_handle)):
+            yield by_handle[done]
 
-        async def pump() -> None:
-            # Closed here, in its own task, so its cleanup releases the handles before the pump ends.
-            done_handles = self._client.as_completed(by_handle)
-            async with contextlib.aclosing(done_handles):
-                async for done in done_handles:
-                    settled.put(done)
-
+    def _iterate(self, make: Callable[[], AsyncIterator[T]]) -> Iterator[T]:
+        """Iterate ``make()`` on the client's loop, yielding each item here; leaving early closes it there."""
         if self._closed:
             raise RuntimeError("this Banana2 is closed")
+        items: queue.SimpleQueue[tuple[T] | None] = queue.SimpleQueue()
+
+        async def pump() -> None:
+            iterator = make()
+            try:
+                async for item in iterator:
+                    items.put((item,))
+            finally:
+                # Closed here, in the pump's task and shielded, so its cleanup (releasing
+                # handles, stopping a run) is over before the pump ends.
+                aclose = getattr(iterator, "aclose", None)
+                if aclose is not None:
+                    with anyio.CancelScope(shield=True):
+                        await aclose()
+
         future = self._portal.start_task_soon(pump)
-        future.add_done_callback(lambda _: settled.put(_END))
+        future.add_done_callback(lambda _: items.put(None))
         try:
-            for _ in pending:
-                item = settled.get()
-                if item is _END:
-                    future.result()  # raises what ended the pump early
-                    raise RuntimeError("as_completed ended before every handle settled")
-                assert isinstance(item, TaskHandle)
-                yield by_handle[item]
+            while (got := items.get()) is not None:
+                yield got[0]
+            future.result()  # raises what ended the iteration
         finally:
             future.cancel()
+
+    # -- bulk runs and downloads ---------------------------------------------------------------
+
+    def batch(
+        self,
+        requests: Iterable[GenerationRequest | str],
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        journal: str | os.PathLike[str] | None = None,
+        max_credits: int | None = None,
+        resubmit_uncertain: bool = False,
+        dest_dir: str | os.PathLike[str] | None = None,
+        on_event: Callable[[BatchEvent], object] | None = None,
+        wait_timeout: float | NotGiven | None = NOT_GIVEN,
+    ) -> SyncBatch:
+        """A bulk run of ``requests`` (`GenerationRequest` objects or prompts): iterate it for outcomes.
+
+        ``for outcome in client.batch(requests):`` yields a `BatchOutcome` per
+        request in the order they finish; the arguments are those of
+        `AsyncBanana2.batch`. ``on_event`` is called on the client's event loop
+        thread: keep it quick, and thread-safe.
+
+        Raises:
+            InvalidRequestError: A request or an option is invalid (nothing is sent).
+        """
+
+        async def make() -> Batch:
+            return self._client.batch(
+                requests,
+                concurrency=concurrency,
+                journal=journal,
+                max_credits=max_credits,
+                resubmit_uncertain=resubmit_uncertain,
+                dest_dir=dest_dir,
+                on_event=on_event,
+                wait_timeout=wait_timeout,
+            )
+
+        return SyncBatch(self._call(make), self)
+
+    def download(
+        self,
+        result: GenerationResult,
+        dest_dir: str | os.PathLike[str],
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+    ) -> list[Path]:
+        """Download the images of ``result`` into ``dest_dir``; return the paths written.
+
+        See `AsyncBanana2.download`: files are written whole or not at, and
+        the API key never reaches the result host.
+
+        Raises:
+            ResultExpiredError: A result URL answered 403, 404 or 410.
+            DownloadError: An image could not be downloaded.
+        """
+
+        async def download() -> list[Path]:
+            return await self._client.download(result, dest_dir, max_bytes=max_bytes, max_retries=max_retries)
+
+        return self._call(download)
+
+
+class SyncBatch:
+    """A bulk run of a `Banana2` client; made by `Banana2.batch`.
+
+    Iterate it for a `BatchOutcome` per request, in the order they finish::
+
+        for outcome in client.batch(prompts, journal="run.db", dest_dir="images"):
+            ...
+
+    or iterate `events` for every `BatchEvent`. Leaving the loop early stops
+    the run (nothing new is sent; a request being sent has its task id
+    recorded). A run is iterated once.
+    """
+
+    __slots__ = ("_batch", "_client")
+
+    def __init__(self, batch: Batch, client: Banana2) -> None:
+        self._batch = batch
+        self._client = client
+
+    def __repr__(self) -> str:
+        return repr(self._batch).replace("<Batch", "<SyncBatch", 1)
+
+    @property
+    def requests(self) -> tuple[GenerationRequest, ...]:
+        """The job's requests, in order."""
+        return self._batch.requests
+
+    @property
+    def plan(self) -> BatchPlan | None:
+        """What the run does (submits, re-tracks, skips, credits); set once it has started."""
+        return self._batch.plan
+
+    def dry_run(self) -> BatchPlan:
+        """What the run would do and cost, from the journal if there is one; sends nothing, writes nothing."""
+        return self._client._call(self._batch.dry_run)
+
+    def __iter__(self) -> Iterator[BatchOutcome]:
+        return self._client._iterate(self._batch.__aiter__)
+
+    def events(self) -> Iterator[BatchEvent]:
+        """Every event of the run: progress (submitted, tracked, polled) and outcomes (succeeded, failed)."""
+        return self._client._iterate(self._batch.events)
+
+    def close(self) -> None:
+        """Stop the run: send nothing new, record what is being sent, stop waiting. Safe to call more than once."""
+        self._client._call(self._batch.aclose)
+
+    def __enter__(self) -> SyncBatch:
+        self._client._call(self._batch.__aenter__)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()

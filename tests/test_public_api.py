@@ -40,6 +40,7 @@ PUBLIC = [
     "RateLimitError",
     "ResultExpiredError",
     "SubmissionUncertainError",
+    "SyncBatch",
     "SyncTaskHandle",
     "TaskError",
     "TaskFailedError",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -233,3 +234,57 @@ def test_over_loopback_from_the_environment(
         assert str(client.base_url) == banana2_server.base_url
         result = client.generate("over the wire")
     assert result.images[0].startswith(f"{banana2_server.base_url}/results/")
+
+
+def test_batch_yields_one_outcome_per_request(client: Banana2, banana2_simulator: Simulator) -> None:
+    """A bulk run yields a succeeded outcome per prompt, each submitted once."""
+    prompts = [f"bulk {index}" for index in range(6)]
+    outcomes = list(client.batch(prompts, concurrency=3))
+    assert sorted(outcome.index for outcome in outcomes) == list(range(6))
+    assert all(outcome.ok and outcome.result is not None for outcome in outcomes)
+    assert banana2_simulator.stats.tasks_per_prompt == dict.fromkeys(prompts, 1)
+
+
+def test_batch_events_report_progress(client: Banana2) -> None:
+    """events() yields each request's submitted event before its succeeded one."""
+    kinds: dict[int, list[str]] = {}
+    for event in client.batch(["one", "two"]).events():
+        kinds.setdefault(event.index, []).append(event.kind)
+    assert set(kinds) == {0, 1}
+    for seen in kinds.values():
+        assert seen[0] == "submitted"
+        assert seen[-1] == "succeeded"
+
+
+def test_batch_with_a_journal_resumes_without_paying_twice(
+    client: Banana2, banana2_simulator: Simulator, tmp_path: Path
+) -> None:
+    """Running the same job with its journal again submits nothing: every row is done."""
+    prompts = ["a fox", "a hen", "a cat"]
+    journal = tmp_path / "run.db"
+    assert all(outcome.ok for outcome in client.batch(prompts, journal=journal, dest_dir=tmp_path / "images"))
+    spent = banana2_simulator.stats.credits_spent
+    with client.batch(prompts, journal=journal) as again:
+        list(again)
+        assert again.plan is not None
+        assert again.plan.submit == 0
+        assert again.plan.succeeded == 3
+    assert banana2_simulator.stats.credits_spent == spent == 60
+    assert len(list((tmp_path / "images").iterdir())) == 3
+
+
+def test_leaving_a_batch_early_stops_it(client: Banana2, banana2_simulator: Simulator) -> None:
+    """Breaking out of a bulk run stops it: the rest of the job is never sent."""
+    for outcome in client.batch([f"stop {index}" for index in range(20)], concurrency=1):
+        assert outcome.ok
+        break
+    assert banana2_simulator.stats.count("generate") < 20
+    assert client.generate("the client still works").images
+
+
+def test_download_writes_each_image(client: Banana2, tmp_path: Path) -> None:
+    """download saves the result's images under the task id and returns their paths."""
+    result = client.generate("a lighthouse", output_format="jpeg")
+    paths = client.download(result, tmp_path)
+    assert [path.name for path in paths] == [f"{result.task_id}-0.jpg"]
+    assert paths[0].read_bytes().startswith(b"\xff\xd8")

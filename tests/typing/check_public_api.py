@@ -6,6 +6,7 @@ a wrong annotation in the package shows up here as a type error.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import httpx
@@ -18,12 +19,17 @@ from banana2_async import (
     AsyncBanana2,
     Banana2,
     Banana2Error,
+    Batch,
+    BatchEvent,
+    BatchOutcome,
+    BatchPlan,
     GenerationRequest,
     GenerationResult,
     InvalidRequestError,
     NotGiven,
     RateLimitError,
     SubmissionUncertainError,
+    SyncBatch,
     SyncTaskHandle,
     TaskFailedError,
     TaskHandle,
@@ -67,6 +73,18 @@ async def async_client() -> None:
         async for done in client.as_completed([handle, tracked]):
             assert_type(done, TaskHandle)
 
+        paths = await client.download(result, "images")
+        assert_type(paths, list[Path])
+        run = client.batch(["a prompt", request], concurrency=4, journal="run.db", max_credits=100)
+        assert_type(run, Batch)
+        assert_type(await run.dry_run(), BatchPlan)
+        async for outcome in run:
+            assert_type(outcome, BatchOutcome)
+            assert_type(outcome.ok, bool)
+            assert_type(outcome.files, tuple[Path, ...])
+        async for event in client.batch(["a prompt"]).events():
+            assert_type(event, BatchEvent)
+
 
 def blocking_client() -> None:
     with Banana2(api_key="sk-...", backend="trio") as client:
@@ -82,6 +100,15 @@ def blocking_client() -> None:
         for done in client.as_completed([handle]):
             assert_type(done, SyncTaskHandle)
         assert_type(client.async_client, AsyncBanana2)
+        assert_type(client.download(handle.result(), "images"), list[Path])
+        with client.batch(["a prompt"], dest_dir="images") as run:
+            assert_type(run, SyncBatch)
+            assert_type(run.dry_run(), BatchPlan)
+            assert_type(run.plan, BatchPlan | None)
+            for outcome in run:
+                assert_type(outcome, BatchOutcome)
+        for event in client.batch(["a prompt"]).events():
+            assert_type(event, BatchEvent)
     client.close()
 
 
