@@ -289,9 +289,11 @@ class AsyncBanana2:
         timeout = self._deadline_of(wait_timeout)
         self._require_open()
         async with self._submit_slots:
+            # Waiting for the rate budget or a 429 pause sends nothing: that wait may be cancelled.
+            await self._throttle.acquire()
             # Once sent, the answer is awaited even if the caller is cancelled:
             # a task id the server charged for must not be dropped.
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True), self._throttle.prepaid():
                 accepted = await self._wire.submit(request)
                 handle = self._poller.attach(accepted.task_id, wait_timeout=timeout, request=request)
         return handle

@@ -9,10 +9,11 @@ one answer settles or reschedules that task only.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Final
 
@@ -72,6 +73,18 @@ class Throttle:
     def pause_remaining(self) -> float:
         """Seconds left of the current 429 pause."""
         return self.budget.pause_remaining(anyio.current_time())
+
+    @contextlib.contextmanager
+    def prepaid(self) -> Iterator[None]:
+        """Within the block, this task's next `acquire` lets its request go at once.
+
+        For a caller that has just waited in `acquire` for that request itself.
+        """
+        token = _prepaid.set(True)
+        try:
+            yield
+        finally:
+            _prepaid.reset(token)
 
 
 class _Entry:

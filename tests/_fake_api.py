@@ -56,8 +56,8 @@ class FakeAPI:
 
     ``script(task_id)`` gives the answers of a task nobody scripted explicitly.
     ``hold`` is how many scheduler checkpoints each request stays in flight, so
-    concurrency builds up. ``gate``, while set to an unset event, holds every
-    status request until the event is set.
+    concurrency builds up. ``gate`` (``submit_gate``), while set to an unset
+    event, holds every status request (submit) until the event is set.
     """
 
     def __init__(
@@ -69,6 +69,7 @@ class FakeAPI:
         self.default_script = script
         self.hold = hold
         self.gate: anyio.Event | None = None
+        self.submit_gate: anyio.Event | None = None
         self.scripts: dict[str, list[Reply]] = {}
         self.submit_replies: list[Reply] = []
         self.submitted: list[str] = []
@@ -105,6 +106,8 @@ class FakeAPI:
             for _ in range(self.hold):
                 await anyio.lowlevel.checkpoint()
             if kind == "submit":
+                if self.submit_gate is not None:
+                    await self.submit_gate.wait()
                 return await self._submit(request)
             if self.gate is not None:
                 await self.gate.wait()
