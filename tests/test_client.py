@@ -17,6 +17,7 @@ from banana2_async import (
     AsyncBanana2,
     ClientClosedError,
     ConfigurationError,
+    GenerationRequest,
     GenerationResult,
     InvalidRequestError,
     TaskFailedError,
@@ -150,6 +151,14 @@ def test_no_api_key_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) ->
         AsyncBanana2(base_url=BASE_URL)
 
 
+@pytest.mark.parametrize("key", ["   ", "sk-two words", "sk-tab\there", "sk-bell\a"])
+def test_a_blank_or_garbled_api_key_is_a_configuration_error(key: str) -> None:
+    """A key that is blank or holds whitespace or control characters is refused, without echoing it."""
+    with pytest.raises(ConfigurationError) as caught:
+        AsyncBanana2(key, base_url=BASE_URL)
+    assert "sk-" not in str(caught.value)
+
+
 def test_the_key_and_address_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """BANANA2_API_KEY and BANANA2_BASE_URL are used when no argument is given."""
     monkeypatch.setenv("BANANA2_API_KEY", "sk-from-env")
@@ -270,6 +279,23 @@ async def test_submit_detects_an_edit_from_its_images(api: respx.MockRouter) -> 
         await handle
     assert handle.request is not None
     assert handle.request.task_type == "edit"
+
+
+@pytest.mark.anyio
+async def test_submit_request_takes_a_prepared_request(api: respx.MockRouter) -> None:
+    """``submit_request`` sends a prepared GenerationRequest; anything else is an InvalidRequestError."""
+    submit = api.post("/api/generate").mock(return_value=accepted("r-1"))
+    api.get("/api/status").mock(return_value=status("r-1", "SUCCESS"))
+    request = GenerationRequest(prompt="a fox", output_format="png")
+    async with make_client() as client:
+        with pytest.raises(InvalidRequestError):
+            await client.submit_request(cast(Any, {"prompt": "a fox"}))
+        assert submit.call_count == 0
+        handle = await client.submit_request(request, wait_timeout=None)
+        assert handle.request is request
+        assert handle.deadline is None
+        await handle
+    assert submit.call_count == 1
 
 
 @pytest.mark.anyio

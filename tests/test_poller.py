@@ -675,3 +675,49 @@ async def test_handles_of_tasks_watched_by_nobody_are_listed_as_pending() -> Non
         handles = [client.track("a"), client.track("a"), client.track("b")]
         assert sorted(map(id, client.poller.pending())) == sorted(map(id, handles))
         assert all(isinstance(handle, TaskHandle) for handle in client.poller.pending())
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ["SUCCESS", "IN_PROGRESS", "FAILED", "WEIRD", error(500)],
+    ids=["success", "running", "failed", "unknown", "500"],
+)
+async def test_an_answer_for_a_task_nobody_waits_for_any_more_is_dropped(answer: Any) -> None:
+    """The answer to a poll in flight when the last waiter left settles nothing; awaiting again polls again."""
+    fake = FakeAPI(running_forever)
+    fake.gate = anyio.Event()
+    fake.script("t", answer, "SUCCESS")
+    async with open_client(fake) as client:
+        handle = client.track("t")
+        await wait_until(lambda: fake.in_flight_by_kind["status"] == 1)
+        with anyio.move_on_after(0.001):
+            await handle
+        fake.gate.set()
+        await wait_until(lambda: fake.in_flight == 0)
+        await anyio.wait_all_tasks_blocked()
+        assert not handle.done()
+        assert len(client.poller) == 0
+        assert (await handle).task_id == "t"
+    assert fake.polls["t"] == 2
+
+
+async def test_an_answer_about_another_task_does_not_settle_this_one() -> None:
+    """A status answer naming a different task id is not taken for this task's; the task is polled again."""
+    fake = FakeAPI()
+    fake.script("t", task_data("someone-else", "SUCCESS"), "SUCCESS")
+    async with open_client(fake) as client:
+        result = await client.track("t")
+    assert result.task_id == "t"
+    assert fake.polls["t"] == 2
+
+
+async def test_polls_keep_to_the_rate_limit() -> None:
+    """With ``rate_limit=200`` (a burst of 200), the k-th of 260 polls goes out no sooner than (k - 200) / 200 s in."""
+    fake = FakeAPI()
+    async with open_client(fake, rate_limit=200.0) as client:
+        started = anyio.current_time()
+        handles = [client.track(f"t{n}") for n in range(260)]
+        for handle in handles:
+            await handle
+    times = sorted(fake.poll_times[f"t{n}"][0] for n in range(260))
+    assert all(when >= started + (k - 200) / 200 - 1e-9 for k, when in enumerate(times, start=1))
