@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeAlias
 
+import anyio
 import httpx
 import pytest
 import respx
@@ -699,22 +700,100 @@ async def test_the_sdks_own_http_client_is_closed_with_it(api: respx.MockRouter)
 
 
 async def test_a_wire_without_a_gate_sends_at_once() -> None:
-    """The wire on its own (no client, no rate budget) sends each request straight away."""
+    """The wire on its own (no client, no rate budget) sends each request straight away, 429 pause included."""
+    answers = iter([_error(429, **{"retry-after": "0"}), _accepted("w1"), _running("w1")])
 
     def handler(request: httpx.Request) -> httpx.Response:
-        return _accepted("w1") if request.method == "POST" else _running("w1")
+        return next(answers)
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
-        wire = Wire(
-            api_key=KEY,
-            base_url=httpx.URL(BASE),
-            http_client=http,
-            timeout=httpx.Timeout(5.0),
-            max_retries=0,
-            max_in_flight=1,
-            retry_uncertain_submits=False,
-        )
+        wire = _wire(http, max_retries=1, max_in_flight=1)
         assert (await wire.submit(GenerationRequest(prompt="a fox"))).task_id == "w1"
         assert (await wire.poll("w1")).task_id == "w1"
         await wire.aclose()
         assert not http.is_closed
+
+
+def _wire(http: httpx.AsyncClient, *, max_retries: int = 0, max_in_flight: int = 4) -> Wire:
+    return Wire(
+        api_key=KEY,
+        base_url=httpx.URL(BASE),
+        http_client=http,
+        timeout=httpx.Timeout(5.0),
+        max_retries=max_retries,
+        max_in_flight=max_in_flight,
+        retry_uncertain_submits=False,
+    )
+
+
+async def test_the_wire_never_has_more_requests_in_flight_than_its_slots() -> None:
+    """With ``max_in_flight=2``, ten concurrent polls are answered two at a time at most."""
+    in_flight = peak = 0
+    release = anyio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await release.wait()
+        in_flight -= 1
+        return _running(request.url.params["task_id"])
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        wire = _wire(http, max_in_flight=2)
+        answered: list[str] = []
+
+        async def poll(task_id: str) -> None:
+            answered.append((await wire.poll(task_id)).task_id)
+
+        async with anyio.create_task_group() as group:
+            for n in range(10):
+                group.start_soon(poll, f"t{n}")
+            await anyio.wait_all_tasks_blocked()
+            assert in_flight == 2
+            release.set()
+    assert peak == 2
+    assert sorted(answered) == sorted(f"t{n}" for n in range(10))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"params": {"tenant": "acme"}}, {"cookies": {"session": "s1"}}],
+    ids=["default-params", "cookies"],
+)
+async def test_a_callers_client_with_params_or_cookies_still_sends_the_task_id(options: dict[str, Any]) -> None:
+    """A caller's httpx client with default params or cookies still gets the task id and its own defaults sent."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return _running(request.url.params["task_id"])
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler), **options) as http:
+        wire = _wire(http)
+        assert (await wire.poll("a b&c")).task_id == "a b&c"
+        assert (await wire.poll("plain-id")).task_id == "plain-id"
+    for request in seen:
+        assert request.headers["authorization"] == f"Bearer {KEY}"
+        if "params" in options:
+            assert request.url.params["tenant"] == "acme"
+        else:
+            assert request.headers["cookie"] == "session=s1"
+
+
+async def test_changed_client_headers_are_picked_up() -> None:
+    """Headers the caller sets on its httpx client between polls go out with the next poll."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return _running()
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        wire = _wire(http)
+        await wire.poll("t1")
+        http.headers["X-Trace"] = "abc"
+        await wire.poll("t1")
+    assert "x-trace" not in seen[0].headers
+    assert seen[1].headers["x-trace"] == "abc"
+    assert seen[1].headers["authorization"] == f"Bearer {KEY}"
