@@ -11,6 +11,7 @@ import contextlib
 import ipaddress
 import logging
 import random
+import re
 import time
 from collections.abc import AsyncGenerator, Iterator
 from typing import Any, Final, NoReturn, Protocol, cast
@@ -28,7 +29,16 @@ from ._exceptions import (
     RateLimitError,
     SubmissionUncertainError,
 )
-from ._models import GenerationRequest, SubmitAccepted, TaskInfo, decode_envelope, parse_submit, parse_task
+from ._models import (
+    GenerationRequest,
+    SubmitAccepted,
+    TaskInfo,
+    decode_envelope,
+    ok_envelope,
+    parse_submit,
+    parse_task,
+    plainly_running,
+)
 from ._retry import Failure, backoff, outcome_of, retry_after_seconds, status_decision, submit_decision
 from ._version import __version__
 
@@ -44,6 +54,8 @@ REDACTED: Final = b"[redacted]"
 _MIN_REDACTED: Final = 8
 
 _LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+# A task id httpx would put in a query string as it is (unreserved characters only).
+_PLAIN_QUERY_VALUE: Final = re.compile(r"[A-Za-z0-9._~-]+")
 
 
 class Gate(Protocol):
@@ -148,6 +160,8 @@ class Wire:
         "_rng",
         "_secret",
         "_slots",
+        "_status_prefix",
+        "_status_template",
         "_status_url",
         "_timeout",
         "base_url",
@@ -173,6 +187,8 @@ class Wire:
         prefix = base_url.path.rstrip("/")
         self._generate_url = base_url.copy_with(path=f"{prefix}/api/generate")
         self._status_url = base_url.copy_with(path=f"{prefix}/api/status")
+        self._status_prefix = f"{self._status_url}?task_id="
+        self._status_template: tuple[list[tuple[bytes, bytes]], httpx.Headers, dict[str, Any]] | None = None
         self._headers = {
             "Authorization": f"Bearer {api_key}",
             "Accept": "application/json",
@@ -186,7 +202,7 @@ class Wire:
         self._timeout = timeout
         self._max_retries = max_retries
         self._retry_uncertain = retry_uncertain_submits
-        self._slots = anyio.CapacityLimiter(max_in_flight)
+        self._slots = anyio.Semaphore(max_in_flight)
         self._gate: Gate = gate or _OpenGate()
         self._rng = rng or random.Random()
         # A server may echo the key in an error body; it is blanked out before the body is read.
@@ -205,7 +221,13 @@ class Wire:
     async def _send(self, request: httpx.Request) -> tuple[int, bytes, httpx.Headers]:
         path = request.url.path
         await self._gate.acquire()
-        async with self._slots:
+        slots = self._slots
+        try:
+            # A free slot is taken without a trip through the event loop: one less per poll.
+            slots.acquire_nowait()
+        except anyio.WouldBlock:
+            await slots.acquire()
+        try:
             started = time.perf_counter()
             try:
                 with _translated(request.method, path):
@@ -219,6 +241,8 @@ class Wire:
                     failure = type(exc.__cause__ or exc).__name__
                     logger.debug("%s %s -> %s in %.1f ms", request.method, path, failure, _ms_since(started))
                 raise
+        finally:
+            slots.release()
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s %s -> %d in %.1f ms", request.method, path, response.status_code, _ms_since(started))
         return response.status_code, content, response.headers
@@ -252,6 +276,10 @@ class Wire:
 
     async def _exchange(self, request: httpx.Request) -> tuple[int, dict[str, Any]]:
         status_code, content, headers = await self._send(request)
+        if status_code < 300:
+            envelope = ok_envelope(content)
+            if envelope is not None:
+                return status_code, envelope
         retry_after = retry_after_seconds(headers.get("retry-after"), now=time.time())
         envelope = decode_envelope(
             status_code,
@@ -262,13 +290,44 @@ class Wire:
         return status_code, envelope
 
     def _status_request(self, task_id: str) -> httpx.Request:
-        return self._client.build_request(
-            "GET", self._status_url, params={"task_id": task_id}, headers=self._headers, timeout=self._timeout
-        )
+        """The same request as ``build_request("GET", status_url, params=..., headers=..., timeout=...)``.
+
+        That call merges the client's headers, cookies and params into a new
+        URL and headers every time: a third of a poll's CPU. Its headers and
+        extensions are kept as a template while the client has no cookies or
+        params and its headers stay as they were; each poll then only builds
+        its URL.
+        """
+        client = self._client
+        if client.params or client.cookies:
+            return client.build_request(
+                "GET", self._status_url, params={"task_id": task_id}, headers=self._headers, timeout=self._timeout
+            )
+        client_headers = client.headers.raw
+        template = self._status_template
+        if template is None or template[0] != client_headers:
+            model = client.build_request("GET", self._status_url, headers=self._headers, timeout=self._timeout)
+            template = self._status_template = (client_headers, model.headers, model.extensions)
+        if _PLAIN_QUERY_VALUE.fullmatch(task_id):
+            url = httpx.URL(self._status_prefix + task_id)
+        else:
+            url = self._status_url.copy_merge_params({"task_id": task_id})
+        return httpx.Request("GET", url, headers=template[1], extensions=template[2])
 
     async def poll(self, task_id: str) -> TaskInfo:
         """One ``GET /api/status``, no retry: the poller owns backoff."""
         status_code, envelope = await self._exchange(self._status_request(task_id))
+        return parse_task(envelope, task_id=task_id, status_code=status_code)
+
+    async def check(self, task_id: str) -> TaskInfo | None:
+        """`poll` for the poller: ``None`` when the task is plainly still running.
+
+        Such an answer (see `plainly_running`) would parse to a running
+        `TaskInfo` the poller has no use for, so none is built.
+        """
+        status_code, envelope = await self._exchange(self._status_request(task_id))
+        if plainly_running(envelope["data"], task_id):
+            return None
         return parse_task(envelope, task_id=task_id, status_code=status_code)
 
     async def status(self, task_id: str) -> TaskInfo:

@@ -29,8 +29,10 @@ __all__ = [
     "TaskState",
     "classify_status",
     "decode_envelope",
+    "ok_envelope",
     "parse_submit",
     "parse_task",
+    "plainly_running",
 ]
 
 MAX_PROMPT_LENGTH: Final = 5000
@@ -315,6 +317,28 @@ def _as_code(value: object) -> int | None:
     return None
 
 
+def ok_envelope(content: bytes) -> dict[str, Any] | None:
+    """The envelope of a 2xx answer that is plainly fine, else ``None``.
+
+    Fine: a JSON object whose ``code`` is absent or below 300 and whose
+    ``data`` is an object, exactly what `decode_envelope` lets through for a
+    2xx status. It skips that function's error bookkeeping on the common
+    path; for ``None``, `decode_envelope` says what is wrong.
+    """
+    try:
+        body: Any = json.loads(content)
+    except (ValueError, RecursionError):
+        return None
+    if type(body) is not dict or not isinstance(body.get("data"), dict):
+        return None
+    code = body.get("code")
+    if code is not None and code != 200:
+        parsed = _as_code(code)
+        if parsed is not None and parsed >= 300:
+            return None
+    return body
+
+
 def decode_envelope(
     status_code: int,
     content: bytes,
@@ -422,3 +446,33 @@ def parse_task(envelope: dict[str, Any], *, task_id: str, status_code: int = 200
             status_code=status_code,
             excerpt=json.dumps(data, default=str)[:_EXCERPT_LIMIT],
         ) from None
+
+
+# Listed fields a running answer may carry as a string (``response``: one URL) and still validate.
+_TEXT_FIELDS: Final = frozenset({"status", "type", "model", "created_at", "response"})
+# Listed fields whose value counts; ``task_id`` and ``error_detail`` are filled in by `parse_task` anyway.
+_CHECKED_FIELDS: Final = frozenset(TaskInfo.model_fields) - {"task_id", "error_detail"}
+
+
+def plainly_running(data: Mapping[str, Any], task_id: str) -> bool:
+    """Whether a status answer's ``data`` is task ``task_id`` in flight, and would parse as it is.
+
+    True when the status is an in-flight one, the answer names no other task,
+    and every listed field is ``None`` or a string where a string is valid,
+    so `parse_task` would give a running `TaskInfo` of ``task_id`` and
+    nothing else. The poller needs nothing more from such an answer, the
+    common one, and skips building the model; every other answer takes the
+    full path.
+    """
+    if classify_status(data.get("status")) != "running":
+        return False
+    answered = data.get("task_id")
+    if isinstance(answered, str) and answered and answered != task_id:
+        return False
+    for key, value in data.items():
+        if value is None or key not in _CHECKED_FIELDS:
+            continue
+        if type(value) is str and key in _TEXT_FIELDS:
+            continue
+        return False
+    return True

@@ -66,6 +66,16 @@ class Throttle:
             await anyio.sleep(delay)
             delay = self.budget.pause_remaining(anyio.current_time())
 
+    async def admit(self) -> float:
+        """`acquire` for a poll worker (ignoring any prepaid share); returns when it let the request go."""
+        now = anyio.current_time()
+        delay = self.budget.reserve(now)
+        while delay > 0:
+            await anyio.sleep(delay)
+            now = anyio.current_time()
+            delay = self.budget.pause_remaining(now)
+        return now
+
     def pause(self, seconds: float) -> None:
         """Hold every request back for ``seconds``."""
         self.budget.pause(anyio.current_time(), seconds)
@@ -288,12 +298,11 @@ class Poller:
                 await self._poll(task_id)
 
     async def _poll(self, task_id: str) -> None:
-        await self._throttle.acquire()
-        sent = anyio.current_time()
+        sent = await self._throttle.admit()
         self.polls_sent += 1
         prepaid = _prepaid.set(True)
         try:
-            info = await self._wire.poll(task_id)
+            info = await self._wire.check(task_id)
         except Banana2Error as exc:
             self._poll_failed(task_id, sent, exc)
         except Exception as exc:
@@ -302,7 +311,11 @@ class Poller:
             self._settle(task_id, None, exc)
         else:
             self._rate_limited = 0
-            self._answered(task_id, sent, info)
+            if info is not None:
+                self._answered(task_id, sent, info)
+            elif task_id in self._entries:
+                # Plainly still running: the common answer, without a TaskInfo built for it.
+                self._wake_by(self._schedule.polled(task_id, sent))
         finally:
             _prepaid.reset(prepaid)
 

@@ -1,0 +1,153 @@
+"""The poll's fast paths give exactly what the full paths give.
+
+A poll skips ``build_request`` (a template of its headers instead), the error
+bookkeeping of `decode_envelope` (`ok_envelope`) and the `TaskInfo` of a
+plainly running task (`plainly_running`). Each is pinned here against the
+full path it stands in for.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from banana2_async import APIResponseError, APIStatusError, AsyncBanana2, TaskInfo
+from banana2_async._models import decode_envelope, ok_envelope, parse_task, plainly_running
+
+BASE = "https://banana2api.com"
+KEY = "sk-fast-path-test-9c2d"
+
+_SCALARS = st.none() | st.booleans() | st.integers(-1000, 1000) | st.floats(allow_nan=False) | st.text(max_size=8)
+_VALUES = st.recursive(
+    _SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner)
+)
+_STATUSES = st.sampled_from(["IN_PROGRESS", "in_progress", " PENDING ", "QUEUED", "SUCCESS", "FAILED", "WEIRD", ""])
+_FIELDS = st.sampled_from(
+    ["task_id", "status", "type", "model", "created_at", "response", "request", "consumed_credits", "error_detail"]
+)
+_DATA = st.fixed_dictionaries(
+    {"status": _STATUSES | _VALUES},
+    optional={"task_id": _VALUES | st.sampled_from(["t1", "t2"]), "progress": _VALUES},
+).flatmap(
+    lambda base: st.dictionaries(_FIELDS | st.text(max_size=6), _VALUES, max_size=4).map(lambda more: {**base, **more})
+)
+_CODES = st.none() | st.sampled_from([200, 201, 299, 300, 402, 500, "200", "402", " 404 ", "x", True, 200.0, -5])
+
+
+@given(data=_DATA)
+def test_plainly_running_only_where_parse_task_says_running(data: dict[str, Any]) -> None:
+    """Where `plainly_running` is true, the full parse gives a running TaskInfo, not an error."""
+    if plainly_running(data, "t1"):
+        info = parse_task({"code": 200, "message": "success", "data": data}, task_id="t1")
+        assert isinstance(info, TaskInfo)
+        assert info.state == "running"
+        assert info.task_id == "t1"
+
+
+def test_plainly_running_covers_the_common_answer() -> None:
+    """The documented in-flight answer, and ones with unknown extras or null fields, take the fast path."""
+    assert plainly_running({"task_id": "n82", "type": "text-to-image", "status": "IN_PROGRESS"}, "n82")
+    assert plainly_running({"status": "queued", "progress": {"percent": 40}, "response": None}, "n82")
+    assert not plainly_running({"task_id": "n82", "status": "IN_PROGRESS", "consumed_credits": "lots"}, "n82")
+    assert not plainly_running({"task_id": "n82", "status": "SUCCESS", "response": ["https://x/1.png"]}, "n82")
+    assert not plainly_running({"task_id": "other", "status": "IN_PROGRESS"}, "n82")
+
+
+@given(
+    status_code=st.sampled_from([200, 201, 204, 299]),
+    code=_CODES,
+    data=st.none() | _VALUES | _DATA,
+    extra=st.dictionaries(st.sampled_from(["message", "error", "x"]), _VALUES, max_size=2),
+)
+def test_ok_envelope_agrees_with_decode_envelope(
+    status_code: int, code: object, data: object, extra: dict[str, Any]
+) -> None:
+    """`ok_envelope` returns what `decode_envelope` returns for a 2xx answer, or None where that raises."""
+    body: dict[str, Any] = {**extra, "data": data}
+    if code is not None:
+        body["code"] = code
+    content = json.dumps(body).encode()
+    fast = ok_envelope(content)
+    try:
+        full = decode_envelope(status_code, content)
+    except (APIResponseError, APIStatusError):
+        assert fast is None
+    else:
+        assert fast == full
+
+
+@pytest.mark.parametrize("content", [b"", b"null", b"[]", b"<html>", b"\xff", b"[" * 100_000 + b"]" * 100_000])
+def test_ok_envelope_refuses_what_is_not_an_envelope(content: bytes) -> None:
+    """Bodies that are not an envelope are left to `decode_envelope` to report."""
+    assert ok_envelope(content) is None
+    with pytest.raises(APIResponseError):
+        decode_envelope(200, content)
+
+
+# -- the request of a poll --------------------------------------------------------------------------------
+
+_ANSWER = {"code": 200, "message": "success", "data": {"task_id": "t", "status": "IN_PROGRESS"}}
+
+
+class _Recorder:
+    """An httpx handler that keeps every request and answers a running task."""
+
+    def __init__(self) -> None:
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return httpx.Response(200, json=_ANSWER)
+
+
+def _without_cookie(request: httpx.Request) -> list[tuple[bytes, bytes]]:
+    return [(name, value) for name, value in request.headers.raw if name.lower() != b"cookie"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "task_id",
+    ["n82abc123def456nb2", "a b", "ä/ü?&=#", "50%25off", "x+y", "..", "~tilde-_.", "%zz", "a\u2603"],
+)
+async def test_a_poll_sends_what_build_request_would(task_id: str) -> None:
+    """Without cookies or params on the client, a poll's URL and headers are build_request's, byte for byte."""
+    recorder = _Recorder()
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(recorder), headers={"X-Trace": "on"}) as http,
+        AsyncBanana2(api_key=KEY, base_url=f"{BASE}/v2/", http_client=http) as client,
+    ):
+        await client.status(task_id)  # no cookie yet: the template
+        http.cookies.set("session", "s1", domain="banana2api.com")
+        await client.status(task_id)  # a cookie: build_request itself
+    fast, full = recorder.requests
+    assert str(fast.url) == str(full.url)
+    assert fast.url.params["task_id"] == task_id
+    assert _without_cookie(fast) == _without_cookie(full)
+    assert full.headers["cookie"] == "session=s1"
+    assert fast.extensions == full.extensions
+
+
+@pytest.mark.anyio
+async def test_a_poll_follows_changes_to_the_clients_headers_and_params() -> None:
+    """Headers set on the httpx client after the first poll, and its params, reach the next poll."""
+    recorder = _Recorder()
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(recorder)) as http,
+        AsyncBanana2(api_key=KEY, base_url=BASE, http_client=http) as client,
+    ):
+        await client.status("t1")
+        http.headers["X-Trace"] = "later"
+        await client.status("t1")
+        http.params = httpx.QueryParams({"region": "eu"})
+        await client.status("t1")
+    first, second, third = recorder.requests
+    assert "x-trace" not in first.headers
+    assert second.headers["x-trace"] == "later"
+    assert third.url.params["region"] == "eu"
+    assert third.url.params["task_id"] == "t1"
+    assert all(request.headers["authorization"] == f"Bearer {KEY}" for request in recorder.requests)
