@@ -265,9 +265,18 @@ async def test_status_raises_a_definite_error_at_once(
     assert route.call_count == 1
 
 
-async def test_http_200_with_code_402_is_insufficient_credits(api: respx.MockRouter) -> None:
-    """HTTP 200 whose envelope says 402 raises InsufficientCreditsError, once."""
-    route = api.get("/api/status").mock(return_value=_json(200, {"code": 402, "message": "no credits"}))
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"code": 402, "message": "no credits"},
+        {"code": 402, "message": "no credits", "data": {}},
+        {"code": "402", "message": "no credits", "data": {"task_id": "t1", "status": "IN_PROGRESS"}},
+    ],
+    ids=["no-data", "empty-data", "running-data"],
+)
+async def test_http_200_with_code_402_is_insufficient_credits(api: respx.MockRouter, body: dict[str, Any]) -> None:
+    """HTTP 200 whose envelope says 402 raises InsufficientCreditsError, once, whatever its data."""
+    route = api.get("/api/status").mock(return_value=_json(200, body))
     with pytest.raises(InsufficientCreditsError) as caught:
         await _client().status("t1")
     assert caught.value.message == "no credits"

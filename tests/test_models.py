@@ -55,6 +55,7 @@ INVALID: list[tuple[str, dict[str, Any]]] = [
     ("prompt", {"prompt": None}),
     ("prompt", {"prompt": b"a red fox"}),
     ("prompt", {"prompt": ["a red fox"]}),
+    ("prompt", {"prompt": "a red \ud800 fox"}),
     ("prompt", {}),
     ("images", {"prompt": "p", "images": [URL] * (MAX_IMAGES + 1)}),
     ("images", {"prompt": "p", "images": URL}),
