@@ -35,7 +35,7 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """Type-check the package and the tests with mypy --strict."""
     session.install("-e", ".[all,test]", "mypy>=1.10")
-    session.run("mypy", "--strict", "banana2_async", "tests")
+    session.run("mypy", "--strict", "banana2_async", "tests", "benchmarks")
 
 
 @nox.session(python=PYTHON)
@@ -53,3 +53,13 @@ def docs(session: nox.Session) -> None:
     # ruff lays out the long signatures of the API reference.
     session.install("-e", ".[docs]", "ruff>=0.6")
     session.run("mkdocs", "build", "--strict", "--site-dir", "site", *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Run the benchmarks (minutes; ``nox -s bench -- --quick`` takes seconds); JSON in .benchmarks/latest.json.
+
+    Not a default session. HTTP/2 needs h2 for httpx and hypercorn for the server.
+    """
+    session.install("-e", ".[all]", "h2>=4", "hypercorn>=0.16")
+    session.run("python", "-m", "benchmarks", "--json", ".benchmarks/latest.json", *session.posargs)

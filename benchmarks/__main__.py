@@ -1,0 +1,99 @@
+"""Run the benchmarks: ``python -m benchmarks [--quick] [--json PATH] [--only B1,B2,...]``.
+
+Prints a markdown table and writes the records and the machine as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ._b1 import B1Config, run_b1
+from ._report import Record, machine, render_table
+from ._wire import WireConfig, run_b2, run_b3, run_b4
+
+__all__ = ["FULL", "QUICK", "main", "run"]
+
+Suite = dict[str, Callable[[Callable[[str], None]], list[Record]]]
+
+# Full: B1 in real time at 1,000 and 10,000 tasks (3 rounds each side at 10,000), then the capacity search.
+FULL = (B1Config(), WireConfig())
+# Quick: every benchmark at small sizes; B1 on a time scale of 1/10. A smoke run, not a measurement.
+QUICK = (
+    B1Config(sizes=(100, 400), main_size=400, rounds=1, capacity_max=1_600, memory_size=1_000, scale=0.1),
+    WireConfig(polls_in_process=300, polls_loopback=100, poll_rounds=3, submits=200, submit_rounds=1, imports=3),
+)
+
+
+def suite(b1: B1Config, wire: WireConfig) -> Suite:
+    """The benchmarks by name, each taking a log function and returning its records."""
+    return {
+        "B1": lambda log: run_b1(b1, log),
+        "B2": lambda log: run_b2(wire, log),
+        "B3": lambda log: run_b3(wire, log),
+        "B4": lambda log: run_b4(wire, log),
+    }
+
+
+def run(benchmarks: Suite, only: Sequence[str] | None = None, log: Callable[[str], None] = print) -> list[Record]:
+    """Run the chosen benchmarks in order; return every record."""
+    records: list[Record] = []
+    for name, benchmark in benchmarks.items():
+        if only and name not in only:
+            continue
+        started = time.monotonic()
+        records += benchmark(log)
+        log(f"{name} took {time.monotonic() - started:.0f} s")
+    return records
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes and a shrunk time scale: seconds, a smoke run"
+    )
+    parser.add_argument("--json", metavar="PATH", help="write the records and the machine here as JSON")
+    parser.add_argument("--only", metavar="NAMES", help="comma-separated subset, e.g. B2,B4")
+    args = parser.parse_args(argv)
+    only = [name.strip().upper() for name in args.only.split(",")] if args.only else None
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    command = "python -m benchmarks " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    started = time.monotonic()
+    before = machine()
+    records = run(suite(*(QUICK if args.quick else FULL)), only, log)
+    report: dict[str, Any] = {
+        "command": command.strip(),
+        "quick": args.quick,
+        "seconds": round(time.monotonic() - started, 1),
+        "machine": before,
+        "load_average_after": machine()["load_average"],
+        "records": [record.as_json() for record in records],
+    }
+    print(render_table(records))
+    print()
+    cpu = before["cpu"]
+    print(
+        f"Machine: {cpu}, {before['cores']} cores, {before['python']}, "
+        + ", ".join(f"{name} {version}" for name, version in before["packages"].items() if version)
+    )
+    print(f"Command: {report['command']} ({report['seconds']:.0f} s)")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w", encoding="utf-8") as out:
+            json.dump(report, out, indent=2, allow_nan=False, default=str)
+            out.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

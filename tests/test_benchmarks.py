@@ -1,0 +1,107 @@
+"""The benchmarks, each run once at tiny sizes: they must keep working and report every figure.
+
+No timing is asserted here: these sizes measure nothing. The figures come from
+``python -m benchmarks`` (see README's Performance section).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from benchmarks._b1 import B1Config, run_b1
+from benchmarks._report import Record, machine, render_table
+from benchmarks._wire import WireConfig, http2_available, run_b2, run_b3, run_b4
+
+TINY_B1 = B1Config(sizes=(20, 40), main_size=40, rounds=1, capacity_max=80, memory_size=40, scale=0.05)
+TINY_WIRE = WireConfig(
+    polls_in_process=20, polls_loopback=10, poll_rounds=1, submits=16, concurrency=4, submit_rounds=1, imports=1
+)
+
+
+def _quiet(line: str) -> None:
+    """Drop the benchmarks' progress lines."""
+
+
+def _check(records: list[Record], expected: list[str], *, may_be_missing: frozenset[str] = frozenset()) -> None:
+    """Exactly the expected figures, each a number (a comparison also with its baseline's), and JSON-able."""
+    assert [record.name for record in records] == expected
+    for record in records:
+        if record.name in may_be_missing:
+            continue
+        assert record.value is not None, record
+        if "capacity" not in record.name:  # NaN: no size in the searched range kept slip under the limit
+            assert math.isfinite(record.value), record
+        if record.target is not None:
+            assert record.met is not None, record
+    json.dumps([record.as_json() for record in records], allow_nan=False)
+    assert len(render_table(records).splitlines()) == len(records) + 2
+
+
+def test_b1_reports_every_figure() -> None:
+    """B1 reports, per size, polls per task, slip, notice latency, CPU and loop lag; then memory and capacity."""
+    per_size = [
+        "status requests per task / ideal",
+        "schedule slip p50",
+        "schedule slip p99",
+        "notice latency mean",
+        "notice latency p99",
+        "client CPU per 1,000 polls",
+    ]
+    expected = [f"B1 @20 {name}" for name in [*per_size, "event-loop lag p99"]]
+    expected += [f"B1 @40 {name}" for name in [*per_size, "client CPU per poll, ours / baseline", "event-loop lag p99"]]
+    expected += [
+        "B1 @40 client memory per in-flight task",
+        "B1 client memory per in-flight task, ours / baseline",
+        "B1 capacity: largest N with slip p99 < 250 ms (scaled)",
+    ]
+    records = run_b1(TINY_B1, _quiet)
+    _check(records, expected)
+    assert all(record.baseline is not None for record in records)
+
+
+def test_b2_reports_in_process_and_loopback() -> None:
+    """B2 reports the SDK's status poll and its ratio to raw httpx, in-process and over loopback."""
+    in_process = "B2 status poll in-process (table transport)"
+    loopback = "B2 status poll over loopback (simulator, uvicorn)"
+    expected = [in_process, f"{in_process}, ours / raw httpx", loopback, f"{loopback}, ours / raw httpx"]
+    _check(run_b2(TINY_WIRE, _quiet), expected)
+
+
+def test_b3_reports_http1_and_http2() -> None:
+    """B3 reports submit wall time over HTTP/1.1, and HTTP/2 where hypercorn and h2 are installed."""
+    label = "B3 16 submits at concurrency 4"
+    records = run_b3(TINY_WIRE, _quiet)
+    expected = [f"{label}, HTTP/1.1 (uvicorn)", f"{label}, HTTP/1.1 (uvicorn), ours / raw httpx"]
+    if http2_available():
+        expected += [f"{label}, HTTP/2 (hypercorn, h2c)", f"{label}, HTTP/2 (hypercorn, h2c), ours / raw httpx"]
+        _check(records, expected)
+    else:
+        _check(records, [*expected, f"{label}, HTTP/2"], may_be_missing=frozenset({f"{label}, HTTP/2"}))
+
+
+def test_b4_reports_both_imports() -> None:
+    """B4 reports ``import banana2_async`` and ``from banana2_async import AsyncBanana2`` against the baseline."""
+    expected = []
+    for label in ("import banana2_async (names load on first use)", "from banana2_async import AsyncBanana2"):
+        name = f"B4 {label}, import CPU"
+        expected += [name, f"{name}, ours / import httpx, anyio, pydantic"]
+    _check(run_b4(TINY_WIRE, _quiet), expected)
+
+
+def test_machine_names_cpu_python_and_packages() -> None:
+    """The machine record names the CPU, the cores, Python and the package versions."""
+    info = machine()
+    assert info["cpu"]
+    assert info["cores"]
+    assert info["python"]
+    assert {"httpx", "anyio", "pydantic", "banana2-async"} <= set(info["packages"])
+
+
+@pytest.mark.parametrize("value", [math.nan, None])
+def test_a_missing_value_is_null_in_json(value: float | None) -> None:
+    """A figure that could not be measured is written as JSON null, never as NaN."""
+    record = Record("x", value, "ms", baseline=math.nan)
+    assert json.loads(json.dumps(record.as_json(), allow_nan=False))["value"] is None
