@@ -443,6 +443,12 @@ class Batch:
             return self._unsubmitted(item)
         # Cancellation is honoured here, before the row says a POST is under way, and not after.
         await anyio.lowlevel.checkpoint()
+        try:
+            self._client._require_open()
+        except RuntimeError as exc:
+            # The client was closed under the run: nothing more can be sent.
+            self._halt(exc)
+            return self._unsubmitted(item)
         with anyio.CancelScope(shield=True):
             await self._journal.mark_submitting(index)
             try:
@@ -463,11 +469,6 @@ class Batch:
                 # Any other error of a submit means it was refused or never sent: not paid for.
                 await self._journal.mark_unsent(index, _describe(exc))
                 return BatchOutcome(index, request, "failed", error=exc)
-            except RuntimeError as exc:
-                # The client was closed under the run.
-                self._halt(exc)
-                await self._journal.mark_unsent(index, _describe(exc))
-                return BatchOutcome(index, request, "unsubmitted", error=exc)
             self._in_flight[handle.task_id] = index
             await self._journal.mark_submitted(index, handle.task_id)
         self._emit(BatchEvent("submitted", index, request, handle.task_id))
@@ -500,7 +501,7 @@ class Batch:
         if self._dest_dir is not None:
             try:
                 files = tuple(await self._client.download(result, self._dest_dir))
-            except (Banana2Error, RuntimeError) as exc:
+            except Banana2Error as exc:
                 await self._journal.mark_failed(index, _describe(exc), final=False, images=result.images)
                 return BatchOutcome(index, request, "failed", task_id=task_id, result=result, error=exc)
         await self._journal.mark_succeeded(index, result.images, [str(path) for path in files])
