@@ -35,7 +35,7 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """Type-check the package and the tests with mypy --strict."""
     session.install("-e", ".[all,test]", "mypy>=1.10")
-    session.run("mypy", "--strict", "banana2_async", "tests", "benchmarks")
+    session.run("mypy", "--strict", "banana2_async", "tests", "benchmarks", "soak")
 
 
 @nox.session(python=PYTHON)
@@ -63,3 +63,14 @@ def bench(session: nox.Session) -> None:
     """
     session.install("-e", ".[all]", "h2>=4", "hypercorn>=0.16")
     session.run("python", "-m", "benchmarks", "--json", ".benchmarks/latest.json", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def soak(session: nox.Session) -> None:
+    """The reliability soak: 10,000 tasks over the loopback simulator with every fault at once.
+
+    Not a default session. ``nox -s soak -- --tasks 1000`` for a shorter run;
+    ``-- --json FILE`` also writes the figures. Exits non-zero if an invariant fails.
+    """
+    session.install("-e", ".[all]", "trio>=0.26")
+    session.run("python", "-m", "soak", *session.posargs)
