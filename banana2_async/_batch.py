@@ -369,6 +369,14 @@ class Batch:
         if self._started:
             return
         self._started = True
+        try:
+            await self._launch()
+        except BaseException:
+            # A run refused at the start (budget, journal, closed client) is over: it cannot start again.
+            self._closed = True
+            raise
+
+    async def _launch(self) -> None:
         self._client._require_open()
         task_group = self._client._task_group
         assert task_group is not None
@@ -470,8 +478,9 @@ class Batch:
                 await self._journal.mark_unsent(index, _describe(exc))
                 return BatchOutcome(index, request, "failed", error=exc)
             self._in_flight[handle.task_id] = index
+            # Before the journal write, so no poll of the task is reported ahead of its submit.
+            self._emit(BatchEvent("submitted", index, request, handle.task_id))
             await self._journal.mark_submitted(index, handle.task_id)
-        self._emit(BatchEvent("submitted", index, request, handle.task_id))
         return await self._settle(item, handle)
 
     async def _track(self, item: _Item) -> BatchOutcome:

@@ -112,7 +112,7 @@ async def test_events_reach_the_callback_and_the_iterator(client: AsyncBanana2, 
     """submitted, polled and succeeded events name the batch's own tasks, through on_event and events() alike."""
     seen: list[BatchEvent] = []
     other = await client.submit("not in the batch")
-    run = client.batch(_prompts(4), concurrency=2, on_event=seen.append)
+    run = client.batch(_prompts(4), concurrency=2, on_event=seen.append, journal=tmp_path / "run.db")
     events = [event async for event in run.events()]
     await other
     assert events == seen
@@ -138,9 +138,12 @@ async def test_the_budget_is_known_and_enforced_before_anything_is_sent(
     run = client.batch(requests, max_credits=83, journal=tmp_path / "run.db")
     plan = await run.dry_run()
     assert (plan.total, plan.submit, plan.credits, plan.job_credits) == (4, 4, 84, 84)
+    iterator = aiter(run)
     with pytest.raises(BudgetExceededError) as caught:
-        await _collect(run)
+        await anext(iterator)
     assert (caught.value.credits, caught.value.max_credits) == (84, 83)
+    with pytest.raises(RuntimeError, match="closed"):
+        await anext(iterator)
     assert isinstance(caught.value, InvalidRequestError)
     assert sim.stats.count() == 0
     assert _listing(tmp_path) == []
