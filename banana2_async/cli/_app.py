@@ -336,7 +336,7 @@ def batch(
             return EXIT_CONFIG
         return EXIT_OK if summary["succeeded"] == summary["tasks"] else EXIT_FAILED
 
-    run_async(output, main)
+    run_async(output, main, interrupted="interrupted; the journal keeps the run: the same command resumes it")
 
 
 def _plan_line(total: int, submit: int, credits: int, track: int, done: int) -> str:

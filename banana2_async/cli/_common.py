@@ -143,16 +143,17 @@ def error_json(exc: BaseException) -> dict[str, str]:
     return {"type": type(exc).__name__, "message": str(exc)}
 
 
-def run_async(output: Output, main: Callable[[], Awaitable[int]]) -> NoReturn:
+def run_async(output: Output, main: Callable[[], Awaitable[int]], *, interrupted: str = "interrupted") -> NoReturn:
     """Run ``main`` on an event loop and exit with its status, or with the status its error calls for.
 
     0 all succeeded, 1 some failed, 2 usage (bad input, budget, journal),
-    3 configuration or authentication, 130 interrupted.
+    3 configuration or authentication, 130 interrupted (``interrupted`` is
+    what to tell the user then).
     """
     try:
         code = anyio.run(main)
     except KeyboardInterrupt:
-        output.problem("interrupted")
+        output.problem(interrupted)
         code = EXIT_INTERRUPTED
     except (ConfigurationError, AuthenticationError) as exc:
         code = _report(output, exc, EXIT_CONFIG)
