@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import anyio
 import pytest
-from _fake_api import FakeAPI, open_client, wait_until
+from _fake_api import FakeAPI, error, open_client, wait_until
 
 from banana2_async import GenerationResult
 
@@ -105,3 +105,21 @@ async def test_a_submit_cancelled_while_waiting_for_the_rate_budget_sends_nothin
                 scope.cancel()
         assert len(fake.submitted) == 1
         assert len(client.poller) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the wire retries a refused submit inside the client's shield: a cancelled submit still sends again",
+)
+async def test_a_submit_cancelled_while_waiting_to_retry_a_refusal_sends_nothing_more() -> None:
+    """Cancelled while it waits out a 503's Retry-After, a submit does not send the POST again."""
+    fake = FakeAPI(lambda _: ("IN_PROGRESS",))
+    fake.submit_replies = [error(503, "busy", **{"Retry-After": "1"})]
+    async with open_client(fake, poll_interval=100.0) as client:
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as group:
+                group.start_soon(client.submit, "a fox")
+                await anyio.wait_all_tasks_blocked()
+                scope.cancel()
+    assert [kind for _, kind, _ in fake.log].count("submit") == 1
+    assert fake.submitted == []
