@@ -441,7 +441,7 @@ class Banana2:
     ) -> list[Path]:
         """Download the images of ``result`` into ``dest_dir``; return the paths written.
 
-        See `AsyncBanana2.download`: files are written whole or not at, and
+        See `AsyncBanana2.download`: files are written whole or not at all, and
         the API key never reaches the result host.
 
         Raises:
