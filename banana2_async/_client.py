@@ -46,6 +46,15 @@ def _wait_timeout(value: float | None, field: str = "wait_timeout") -> float | N
     return float(value)
 
 
+def _check_task_id(task_id: object) -> None:
+    if not isinstance(task_id, str) or not task_id.strip():
+        raise InvalidRequestError("task_id must be a non-empty string", field="task_id")
+    try:
+        task_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequestError("task_id is not valid text (it holds a lone surrogate)", field="task_id") from None
+
+
 class AsyncBanana2:
     """The async client of the NanoBanana 2 image API.
 
@@ -289,14 +298,10 @@ class AsyncBanana2:
         timeout = self._deadline_of(wait_timeout)
         self._require_open()
         async with self._submit_slots:
-            # Waiting for the rate budget or a 429 pause sends nothing: that wait may be cancelled.
-            await self._throttle.acquire()
-            # Once sent, the answer is awaited even if the caller is cancelled:
-            # a task id the server charged for must not be dropped.
-            with anyio.CancelScope(shield=True), self._throttle.prepaid():
-                accepted = await self._wire.submit(request)
-                handle = self._poller.attach(accepted.task_id, wait_timeout=timeout, request=request)
-        return handle
+            # The wire awaits a sent request's answer even for a cancelled caller, and nothing
+            # between its return and `attach` yields: a task id the server charged for is never dropped.
+            accepted = await self._wire.submit(request)
+            return self._poller.attach(accepted.task_id, wait_timeout=timeout, request=request)
 
     async def generate(
         self,
@@ -350,8 +355,7 @@ class AsyncBanana2:
 
         Works without entering the client's context.
         """
-        if not isinstance(task_id, str) or not task_id.strip():
-            raise InvalidRequestError("task_id must be a non-empty string", field="task_id")
+        _check_task_id(task_id)
         if self._closed:
             raise RuntimeError("this AsyncBanana2 is closed")
         return await self._wire.status(task_id)
@@ -362,8 +366,7 @@ class AsyncBanana2:
         Tracking a task that is already watched adds a handle but no polls.
         A task not watched yet is polled at once.
         """
-        if not isinstance(task_id, str) or not task_id.strip():
-            raise InvalidRequestError("task_id must be a non-empty string", field="task_id")
+        _check_task_id(task_id)
         timeout = self._deadline_of(wait_timeout)
         self._require_open()
         return self._poller.attach(task_id, wait_timeout=timeout, immediately=True)

@@ -61,8 +61,8 @@ _PLAIN_QUERY_VALUE: Final = re.compile(r"[A-Za-z0-9._~-]+")
 class Gate(Protocol):
     """Where every request waits its turn: the shared rate budget and 429 pause."""
 
-    async def acquire(self) -> None:
-        """Wait until a request may be sent."""
+    async def acquire(self) -> float:
+        """Wait until a request may be sent; return that moment (anyio's clock)."""
 
     def pause(self, seconds: float) -> None:
         """Hold every request back for ``seconds`` (after a 429)."""
@@ -71,8 +71,8 @@ class Gate(Protocol):
 class _OpenGate:
     """A gate that never holds a request back."""
 
-    async def acquire(self) -> None:
-        return None
+    async def acquire(self) -> float:
+        return anyio.current_time()
 
     def pause(self, seconds: float) -> None:
         return None
@@ -218,9 +218,12 @@ class Wire:
         if self._owns_client:
             await self._client.aclose()
 
-    async def _send(self, request: httpx.Request) -> tuple[int, bytes, httpx.Headers]:
+    async def _send(
+        self, request: httpx.Request, *, gated: bool = True, shielded: bool = False
+    ) -> tuple[int, bytes, httpx.Headers]:
         path = request.url.path
-        await self._gate.acquire()
+        if gated:
+            await self._gate.acquire()
         slots = self._slots
         try:
             # A free slot is taken without a trip through the event loop: one less per poll.
@@ -230,7 +233,9 @@ class Wire:
         try:
             started = time.perf_counter()
             try:
-                with _translated(request.method, path):
+                # Waiting for the gate and a slot sends nothing and may be cancelled; once a
+                # shielded request is on its way, its answer is awaited whatever happens to the caller.
+                with _translated(request.method, path), anyio.CancelScope(shield=shielded):
                     response = await self._client.send(request, stream=True, follow_redirects=True)
                     try:
                         content = await self._read_capped(response)
@@ -274,8 +279,10 @@ class Wire:
             return content.replace(self._secret, REDACTED)
         return content
 
-    async def _exchange(self, request: httpx.Request) -> tuple[int, dict[str, Any]]:
-        status_code, content, headers = await self._send(request)
+    async def _exchange(
+        self, request: httpx.Request, *, gated: bool = True, shielded: bool = False
+    ) -> tuple[int, dict[str, Any]]:
+        status_code, content, headers = await self._send(request, gated=gated, shielded=shielded)
         if status_code < 300:
             envelope = ok_envelope(content)
             if envelope is not None:
@@ -323,9 +330,11 @@ class Wire:
         """`poll` for the poller: ``None`` when the task is plainly still running.
 
         Such an answer (see `plainly_running`) would parse to a running
-        `TaskInfo` the poller has no use for, so none is built.
+        `TaskInfo` the poller has no use for, so none is built. The poller
+        passes its polls through the gate itself, to time them from the moment
+        they go, so this call does not.
         """
-        status_code, envelope = await self._exchange(self._status_request(task_id))
+        status_code, envelope = await self._exchange(self._status_request(task_id), gated=False)
         if plainly_running(envelope["data"], task_id):
             return None
         return parse_task(envelope, task_id=task_id, status_code=status_code)
@@ -348,6 +357,8 @@ class Wire:
         Retried only where the request cannot have been paid for (not sent,
         429, 503). Where it may have landed, `SubmissionUncertainError` is
         raised instead, unless the client opted into ``retry_uncertain_submits``.
+        A cancelled caller is let go while waiting to send or to retry, never
+        while a sent request's answer (and task id) is on its way.
         """
         body = request.to_wire()
         attempt = 0
@@ -358,7 +369,8 @@ class Wire:
                 status_code, envelope = await self._exchange(
                     self._client.build_request(
                         "POST", self._generate_url, json=body, headers=self._headers, timeout=self._timeout
-                    )
+                    ),
+                    shielded=True,
                 )
                 return parse_submit(envelope, status_code=status_code)
             except (APIConnectionError, APIResponseError, APIStatusError) as exc:

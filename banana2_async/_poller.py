@@ -9,12 +9,10 @@ one answer settles or reschedules that task only.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import random
-from collections.abc import Callable, Iterator
-from contextvars import ContextVar
+from collections.abc import Callable
 from typing import Final
 
 import anyio
@@ -23,6 +21,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._exceptions import (
     APIResponseError,
+    APIStatusError,
     AuthenticationError,
     Banana2Error,
     ClientClosedError,
@@ -43,10 +42,6 @@ logger = logging.getLogger("banana2_async")
 
 _MAX_UNKNOWN_LOGGED: Final = 64
 
-# Set by a poll worker that took its request's share of the budget itself (to time the poll from
-# when it was let through), so the wire's own call to `Throttle.acquire` does not take a second one.
-_prepaid: ContextVar[bool] = ContextVar("banana2_async_prepaid", default=False)
-
 
 class Throttle:
     """The shared gate of a client: `RateBudget` applied with anyio's clock."""
@@ -56,18 +51,8 @@ class Throttle:
     def __init__(self, budget: RateBudget) -> None:
         self.budget: RateBudget = budget
 
-    async def acquire(self) -> None:
-        """Wait until the rate budget and any 429 pause let one request go."""
-        if _prepaid.get():
-            _prepaid.set(False)
-            return
-        delay = self.budget.reserve(anyio.current_time())
-        while delay > 0:
-            await anyio.sleep(delay)
-            delay = self.budget.pause_remaining(anyio.current_time())
-
-    async def admit(self) -> float:
-        """`acquire` for a poll worker (ignoring any prepaid share); returns when it let the request go."""
+    async def acquire(self) -> float:
+        """Wait until the rate budget and any 429 pause let one request go; return that moment."""
         now = anyio.current_time()
         delay = self.budget.reserve(now)
         while delay > 0:
@@ -83,18 +68,6 @@ class Throttle:
     def pause_remaining(self) -> float:
         """Seconds left of the current 429 pause."""
         return self.budget.pause_remaining(anyio.current_time())
-
-    @contextlib.contextmanager
-    def prepaid(self) -> Iterator[None]:
-        """Within the block, this task's next `acquire` lets its request go at once.
-
-        For a caller that has just waited in `acquire` for that request itself.
-        """
-        token = _prepaid.set(True)
-        try:
-            yield
-        finally:
-            _prepaid.reset(token)
 
 
 class _Entry:
@@ -298,9 +271,8 @@ class Poller:
                 await self._poll(task_id)
 
     async def _poll(self, task_id: str) -> None:
-        sent = await self._throttle.admit()
+        sent = await self._throttle.acquire()
         self.polls_sent += 1
-        prepaid = _prepaid.set(True)
         try:
             info = await self._wire.check(task_id)
         except Banana2Error as exc:
@@ -316,8 +288,6 @@ class Poller:
             elif task_id in self._entries:
                 # Plainly still running: the common answer, without a TaskInfo built for it.
                 self._wake_by(self._schedule.polled(task_id, sent))
-        finally:
-            _prepaid.reset(prepaid)
 
     def _answered(self, task_id: str, sent: float, info: TaskInfo) -> None:
         if info.task_id != task_id:
@@ -360,7 +330,8 @@ class Poller:
             self._wake_by(self._schedule.polled(task_id, sent))
         else:
             logger.debug("poll of task %s failed (%s); backing off", task_id, type(exc).__name__)
-            self._wake_by(self._schedule.failed(task_id, sent))
+            retry_after = exc.retry_after if isinstance(exc, APIStatusError) else None
+            self._wake_by(self._schedule.failed(task_id, sent, retry_after=retry_after))
 
     def _log_unknown(self, status: str | None) -> None:
         key = str(status)

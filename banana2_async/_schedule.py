@@ -162,13 +162,17 @@ class PollSchedule(Generic[K]):
         self._timers.set(key, when)
         return when
 
-    def failed(self, key: K, sent_at: float) -> float:
-        """Reschedule after a poll that failed transiently, backing off; return the next due time."""
+    def failed(self, key: K, sent_at: float, *, retry_after: float | None = None) -> float:
+        """Reschedule after a poll that failed transiently, backing off; return the next due time.
+
+        ``retry_after``, the server's own hint in seconds, is waited at least.
+        """
         failures = self._failures.get(key, 0) + 1
         self._failures[key] = failures
         interval = self.draw()
         # The cap bounds the backoff, never the interval itself.
-        when = sent_at + max(interval, min(MAX_BACKOFF, interval * float(2 ** min(failures - 1, 16))))
+        delay = max(interval, min(MAX_BACKOFF, interval * float(2 ** min(failures - 1, 16))))
+        when = sent_at + max(delay, retry_after or 0.0)
         self._timers.set(key, when)
         return when
 

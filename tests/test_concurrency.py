@@ -107,10 +107,6 @@ async def test_a_submit_cancelled_while_waiting_for_the_rate_budget_sends_nothin
         assert len(client.poller) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the wire retries a refused submit inside the client's shield: a cancelled submit still sends again",
-)
 async def test_a_submit_cancelled_while_waiting_to_retry_a_refusal_sends_nothing_more() -> None:
     """Cancelled while it waits out a 503's Retry-After, a submit does not send the POST again."""
     fake = FakeAPI(lambda _: ("IN_PROGRESS",))
