@@ -160,9 +160,9 @@ class FaultRule:
             raise ValueError("times must not be negative")
         if probability is not None and not 0.0 <= probability <= 1.0:
             raise ValueError("probability must be between 0 and 1")
-        self.fault = fault
-        self.endpoints = endpoints
-        self.probability = probability
+        self.fault: Fault = fault
+        self.endpoints: frozenset[Endpoint] = endpoints
+        self.probability: float | None = probability
         self._remaining = times
         self._fired = 0
 
