@@ -268,6 +268,16 @@ async def test_transient_failures_back_off_and_the_task_still_resolves(failure: 
     ]
 
 
+async def test_a_polls_retry_after_is_honoured() -> None:
+    """A 503 with Retry-After on a poll holds that task's next poll back at least that long."""
+    fake = FakeAPI()
+    fake.script("t", "IN_PROGRESS", error(503, "busy", **{"Retry-After": "0.2"}), "SUCCESS")
+    async with open_client(fake) as client:
+        await client.track("t")
+    assert fake.polls["t"] == 3
+    assert spans(fake.poll_times["t"])[0] >= 0.2
+
+
 async def test_backoff_is_per_task() -> None:
     """One task failing over and over does not slow another task's polls."""
     fake = FakeAPI(running_forever)

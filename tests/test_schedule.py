@@ -273,6 +273,18 @@ def test_backoff_never_waits_less_than_the_interval() -> None:
     assert sched.failed("a", sent_at=100.0) >= 200.0
 
 
+def test_a_servers_retry_after_is_waited_at_least() -> None:
+    """A failed poll with the server's Retry-After waits that long, or the backoff if that is longer."""
+    sched = schedule((1.0, 1.0))
+    sched.add("a", now=0.0)
+    sched.pop_due(math.inf)
+    assert sched.failed("a", sent_at=10.0, retry_after=30.0) == 40.0
+    sched.pop_due(math.inf)
+    assert sched.failed("a", sent_at=40.0, retry_after=0.5) == 42.0
+    sched.pop_due(math.inf)
+    assert sched.failed("a", sent_at=42.0, retry_after=None) == 46.0
+
+
 def test_a_huge_number_of_failures_does_not_overflow() -> None:
     """Thousands of failures in a row keep the wait at the cap."""
     sched = schedule((1.0, 1.0))
