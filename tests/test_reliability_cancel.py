@@ -22,8 +22,8 @@ pytestmark = pytest.mark.anyio
 KEY: Final = "sk-storm-0f6b2d84c1e97a35"
 CANCELLED: Final = 1_000
 GENERATE_CANCELLED: Final = 100
-KEPT: Final = 400
-DOUBLED: Final = 100
+KEPT: Final = 200
+DOUBLED: Final = 50
 # Tasks take 0.6-0.9 s and waiters leave within 0.3 s of submitting: each leaves a task still running.
 LATENCY: Final = {"1k": (0.6, 0.9), "2k": (0.6, 0.9), "4k": (0.6, 0.9)}
 LEAVE_WITHIN: Final = 0.3
