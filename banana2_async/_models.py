@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Final, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from ._exceptions import APIResponseError, InvalidRequestError, error_for_status
 from ._types import ASPECT_RATIOS, OUTPUT_FORMATS, RESOLUTIONS, AspectRatio, OutputFormat, Resolution, TaskType
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = [
     "CREDITS",
@@ -101,6 +104,22 @@ class GenerationRequest(BaseModel):
     def __init__(self, **data: Any) -> None:
         try:
             super().__init__(**data)
+        except ValidationError as exc:
+            raise _invalid(exc) from None
+
+    @classmethod
+    def model_validate(cls, *args: Any, **kwargs: Any) -> Self:
+        """Validate a mapping (a JSONL row, say); raises `InvalidRequestError` naming the field."""
+        try:
+            return super().model_validate(*args, **kwargs)
+        except ValidationError as exc:
+            raise _invalid(exc) from None
+
+    @classmethod
+    def model_validate_json(cls, *args: Any, **kwargs: Any) -> Self:
+        """Validate a JSON document; raises `InvalidRequestError` naming the field."""
+        try:
+            return super().model_validate_json(*args, **kwargs)
         except ValidationError as exc:
             raise _invalid(exc) from None
 
@@ -210,6 +229,10 @@ def _one_of(value: object, allowed: tuple[str, ...], field: str, *, normalise: A
 
 def _invalid(exc: ValidationError) -> InvalidRequestError:
     first = exc.errors(include_url=False)[0]
+    # model_validate runs __init__ inside pydantic, which wraps the error __init__ already made.
+    inner = (first.get("ctx") or {}).get("error")
+    if isinstance(inner, InvalidRequestError):
+        return inner
     location = first.get("loc") or ()
     field = str(location[0]) if location else None
     message = str(first.get("msg", "invalid value"))

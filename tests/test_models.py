@@ -109,6 +109,30 @@ def test_invalid_request_message_is_short() -> None:
     assert len(str(caught.value)) < 300
 
 
+@pytest.mark.parametrize(
+    ("field", "row"),
+    [
+        ("prompt", {"prompt": " "}),
+        ("resolution", {"prompt": "a fox", "resolution": "9k"}),
+        ("images", {"prompt": "a fox", "type": "edit"}),
+        ("colour", {"prompt": "a fox", "colour": "red"}),
+    ],
+)
+def test_model_validate_raises_invalid_request_error_naming_the_field(field: str, row: dict[str, Any]) -> None:
+    """Validating a mapping or a JSON document gives the same typed error as the constructor."""
+    with pytest.raises(InvalidRequestError) as from_mapping:
+        GenerationRequest.model_validate(row)
+    with pytest.raises(InvalidRequestError) as from_json:
+        GenerationRequest.model_validate_json(json.dumps(row))
+    assert from_mapping.value.field == from_json.value.field == field
+
+
+def test_model_validate_accepts_what_the_constructor_accepts() -> None:
+    """A valid row validates to the same request as keyword arguments give."""
+    row = {"prompt": "a fox", "resolution": "2K", "images": ["https://example.com/a.png"]}
+    assert GenerationRequest.model_validate(row) == GenerationRequest(**row)
+
+
 def test_prompt_of_exactly_the_limit_is_accepted() -> None:
     """A prompt of 5000 characters is allowed."""
     assert len(GenerationRequest(prompt="x" * MAX_PROMPT_LENGTH).prompt) == MAX_PROMPT_LENGTH
