@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import pytest
+from click.testing import CliRunner
 
 from banana2_async import (
     AsyncBanana2,
@@ -29,7 +30,8 @@ from banana2_async import (
     SubmissionUncertainError,
     TaskFailedError,
 )
-from banana2_async.testing import Fault, Simulator, render_image
+from banana2_async.cli._app import app
+from banana2_async.testing import Fault, Simulator, SimulatorServer, render_image
 
 pytestmark = pytest.mark.anyio
 
@@ -261,3 +263,46 @@ async def test_a_faulty_run_over_loopback_shows_the_key_nowhere(
     assert caplog.records
     _no_key_in(caplog.text)
     _no_key_in(*(record.getMessage() + repr(record.args) for record in caplog.records))
+
+
+@pytest.fixture(scope="module")
+def cli_server() -> Iterator[SimulatorServer]:
+    """A loopback simulator for the command line: a third of polls fail, some tasks fail, results downloadable."""
+    sim = Simulator(api_key=KEY, speed=1000, seed=9)
+    sim.inject(Fault.server_error(), on="status", probability=0.3)
+    sim.inject(Fault.fail_task("refused by the moderation filter"), probability=0.3)
+    with sim.serve() as server:
+        yield server
+
+
+CLI_RUNS: Final = {
+    "generate": ["generate", "a red fox"],
+    "generate-out": ["generate", "a red fox", "--out", "{tmp}/images"],
+    "status-unknown": ["status", "no-such-task"],
+    "wait-unknown": ["wait", "no-such-task"],
+    "batch": ["batch", "{tmp}/prompts.txt", "--out", "{tmp}/batch"],
+}
+
+
+@pytest.mark.parametrize(("key_from", "as_json"), [("env", False), ("option", True), ("wrong", True)])
+@pytest.mark.parametrize("run", sorted(CLI_RUNS))
+def test_the_command_line_shows_the_key_nowhere(
+    cli_server: SimulatorServer, run: str, key_from: str, as_json: bool, tmp_path: Path
+) -> None:
+    """banana2 with -vv, successes, failed tasks, 404s and a refused key: no stdout or stderr line holds the key."""
+    (tmp_path / "prompts.txt").write_text("a red fox\na blue heron\na green frog\n", encoding="utf-8")
+    key = KEY if key_from != "wrong" else KEY[:-4] + "beef"
+    args = [arg.replace("{tmp}", str(tmp_path)) for arg in CLI_RUNS[run]]
+    args += ["--base-url", cli_server.base_url, "--poll-interval", "0.005", *(["--json"] if as_json else [])]
+    env = {"BANANA2_API_KEY": key if key_from != "option" else "", "BANANA2_BASE_URL": "", "FORCE_COLOR": ""}
+    if key_from == "option":
+        args += ["--api-key", key]
+    result = CliRunner().invoke(app, ["-vv", *args], env=env, catch_exceptions=False)
+    assert result.exit_code in (0, 1, 3), result.output
+    assert result.exit_code == 3 or key_from != "wrong"
+    for secret in (KEY, key):
+        assert secret not in result.stdout
+        assert secret not in result.stderr
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and path.name != "prompts.txt":
+            assert KEY.encode() not in path.read_bytes()
