@@ -204,7 +204,9 @@ async def test_bad_submit_arguments_send_nothing(arguments: dict[str, Any]) -> N
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("task_id", "options"), [("", {}), ("  ", {}), (42, {}), ("t", {"wait_timeout": 0})])
+@pytest.mark.parametrize(
+    ("task_id", "options"), [("", {}), ("  ", {}), (42, {}), ("t-\ud800", {}), ("t", {"wait_timeout": 0})]
+)
 async def test_bad_track_arguments_raise(task_id: Any, options: dict[str, Any]) -> None:
     """``track`` checks the task id and its deadline, and polls nothing when they are wrong."""
     fake = FakeAPI()
@@ -216,7 +218,7 @@ async def test_bad_track_arguments_raise(task_id: Any, options: dict[str, Any]) 
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("task_id", ["", "   ", None])
+@pytest.mark.parametrize("task_id", ["", "   ", None, "t-\ud800"])
 async def test_bad_status_arguments_raise(task_id: Any) -> None:
     """``status`` checks the task id before asking."""
     async with make_client() as client:
