@@ -24,7 +24,8 @@ class Record:
     ``value`` is ours, ``baseline`` the same figure of the baseline measured in
     the same run (``None`` where there is none). ``target`` says what is aimed
     for, and ``met`` whether ``value`` meets it (``None``: no target, or not
-    measured on this machine).
+    measured on this machine). ``rounds`` and ``baseline_rounds`` hold each
+    round's figure where ``value`` is their median.
     """
 
     name: str
@@ -34,13 +35,20 @@ class Record:
     met: bool | None = None
     baseline: float | None = None
     note: str | None = None
+    rounds: list[float] | None = None
+    baseline_rounds: list[float] | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The record as a JSON object (NaN, which JSON lacks, as null)."""
-        return {
-            key: None if isinstance(value, float) and math.isnan(value) else value
-            for key, value in asdict(self).items()
-        }
+        return {key: _jsonable(value) for key, value in asdict(self).items()}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, list):
+        return [_jsonable(item) for item in value]
+    return value
 
 
 def percentile(values: Sequence[float], q: float) -> float:
