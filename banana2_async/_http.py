@@ -303,7 +303,7 @@ class Wire:
         URL and headers every time: a third of a poll's CPU. Its headers and
         extensions are kept as a template while the client has no cookies or
         params and its headers stay as they were; each poll then only builds
-        its URL.
+        its URL, and the request around it with its (empty) body stream given.
         """
         client = self._client
         if client.params or client.cookies:
@@ -319,7 +319,8 @@ class Wire:
             url = httpx.URL(self._status_prefix + task_id)
         else:
             url = self._status_url.copy_merge_params({"task_id": task_id})
-        return httpx.Request("GET", url, headers=template[1], extensions=template[2])
+        # An empty stream given up front: the template's headers are final, nothing to encode or prepare.
+        return httpx.Request("GET", url, headers=template[1], extensions=template[2], stream=httpx.ByteStream(b""))
 
     async def poll(self, task_id: str) -> TaskInfo:
         """One ``GET /api/status``, no retry: the poller owns backoff."""
