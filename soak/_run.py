@@ -84,8 +84,12 @@ class SoakConfig:
 
     @property
     def wait_timeout(self) -> float:
-        """Each handle's deadline, at the simulator's pace."""
-        return max(600.0 / self.speed, 10.0)
+        """Each handle's deadline: the default 600 s at the simulator's pace, and at least 30 s.
+
+        A loaded machine can starve the client for seconds; a timeout in the soak
+        must mean the SDK lost a task, not that the machine was busy.
+        """
+        return max(600.0 / self.speed, 30.0)
 
 
 @dataclass
@@ -186,6 +190,15 @@ class _Server:
         self._stdout.close()
 
 
+def _cause(exc: BaseException) -> str:
+    """What an error was raised from: ``APITimeoutError:read-timeout``, ``InternalServerError:500``, ..."""
+    cause = exc.__cause__
+    if cause is None:
+        return ""
+    detail = getattr(cause, "kind", None) or getattr(cause, "status_code", None) or ""
+    return f"{type(cause).__name__}:{detail}"
+
+
 def _options(index: int) -> dict[str, Any]:
     """A varied but reproducible request for task number ``index``."""
     options: dict[str, Any] = {"aspect_ratio": _ASPECTS[index % len(_ASPECTS)]}
@@ -244,7 +257,7 @@ class _Client:
             handle = await client.submit(prompt, **options)
         except SubmissionUncertainError as exc:
             self._scan(exc)
-            self._record("uncertain", prompt=prompt, request_prompt=exc.request.prompt)
+            self._record("uncertain", prompt=prompt, request_prompt=exc.request.prompt, cause=_cause(exc))
             return
         except Exception as exc:
             self._scan(exc)
@@ -254,6 +267,7 @@ class _Client:
 
     async def _wait(self, handle: TaskHandle, prompt: str, fmt: str) -> None:
         fields: dict[str, Any] = {"prompt": prompt, "task_id": handle.task_id, "format": fmt}
+        attached = anyio.current_time()
         result: GenerationResult | None = None
         with anyio.move_on_after(self.config.wait_timeout + _DEADLINE_GRACE) as scope:
             try:
@@ -265,7 +279,8 @@ class _Client:
             except Exception as exc:
                 # Any other error is a failure of the soak, reported with the rest rather than ending the run.
                 self._scan(exc, handle)
-                self._record("error", error=type(exc).__name__, message=str(exc), **fields)
+                waited = round(anyio.current_time() - attached, 3)
+                self._record("error", error=type(exc).__name__, message=str(exc), waited=waited, **fields)
                 return
         if self.config.keep_results:
             self.kept.append(handle)

@@ -96,7 +96,15 @@ def report_of(sim: Simulator) -> dict[str, Any]:
     stats = sim.stats
     return {
         "tasks": [
-            {"task_id": task.task_id, "prompt": task.prompt, "status": task.status, "credits": task.credits}
+            {
+                "task_id": task.task_id,
+                "prompt": task.prompt,
+                "status": task.status,
+                "credits": task.credits,
+                # Seconds after creation: when it finished, and when each poll came.
+                "finishes": round(task.finishes - task.created, 3),
+                "polls": [round(when - task.created, 3) for when in task.poll_times],
+            }
             for task in sim.tasks()
         ],
         "requests": [[endpoint, status, count] for (endpoint, status), count in sorted(stats.requests.items())],

@@ -7,6 +7,7 @@ the same for a file.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -94,6 +95,9 @@ def verify(run: SoakRun, *, min_tasks_for_memory: int = MIN_TASKS_FOR_MEMORY) ->
     mismatches: list[str] = []
     handles = 0
     uncertain = 0
+    # Uncertain submits the simulator never acted on: only a client-side timeout can explain those
+    # (a loaded machine; the request was dropped with its connection before the simulator handled it).
+    never_landed: list[str] = []
     sent_prompts: set[str] = set()
     seen_ids: Counter[str] = Counter()
 
@@ -104,8 +108,11 @@ def verify(run: SoakRun, *, min_tasks_for_memory: int = MIN_TASKS_FOR_MEMORY) ->
             uncertain += 1
             if outcome["request_prompt"] != prompt:
                 mismatches.append(f"uncertain {prompt!r}: the error carries {outcome['request_prompt']!r}")
-            if per_prompt.get(prompt, 0) != 1:
-                mismatches.append(f"uncertain {prompt!r}: the server holds {per_prompt.get(prompt, 0)} tasks")
+            landed = per_prompt.get(prompt, 0)
+            if landed == 0 and outcome["cause"].startswith("APITimeoutError"):
+                never_landed.append(prompt)
+            elif landed != 1:
+                mismatches.append(f"uncertain {prompt!r} ({outcome['cause']}): the server holds {landed} tasks")
             continue
         if kind == "submit-error":
             mismatches.append(f"submit of {prompt!r} raised {outcome['error']}: {outcome['message']}")
@@ -126,7 +133,13 @@ def verify(run: SoakRun, *, min_tasks_for_memory: int = MIN_TASKS_FOR_MEMORY) ->
             if status not in FAILURES or outcome["status"] != status or outcome["message"] != FAILURES[status]:
                 mismatches.append(f"{task_id}: failed {outcome['status']} {outcome['message']!r}; server: {status}")
         else:
-            mismatches.append(f"{task_id}: {kind} {outcome.get('error', '')} {outcome.get('message', '')}; {status}")
+            polls = record["polls"]
+            gaps = [later - earlier for earlier, later in itertools.pairwise(polls)]
+            mismatches.append(
+                f"{task_id}: {kind} {outcome.get('error', '')} after {outcome.get('waited', '?')} s; the server says "
+                f"{status}, finished after {record['finishes']} s, polled {len(polls)} times, "
+                f"last at {max(polls, default=0):.3f} s, longest gap {max(gaps, default=0):.3f} s"
+            )
 
     created = report["tasks_created"]
     twice = {prompt: count for prompt, count in per_prompt.items() if count > 1}
@@ -152,8 +165,9 @@ def verify(run: SoakRun, *, min_tasks_for_memory: int = MIN_TASKS_FOR_MEMORY) ->
         ),
         Check(
             "tasks created == successful submits + uncertain",
-            created == handles + uncertain and len(records) == created,
-            f"{created} created, {handles} + {uncertain} = {handles + uncertain}",
+            created == handles + uncertain - len(never_landed) and len(records) == created,
+            f"{created} created, {handles} + {uncertain} = {handles + uncertain}"
+            + (f" less {len(never_landed)} that timed out before reaching the simulator" if never_landed else ""),
         ),
         Check(
             "nothing paid twice",
