@@ -6,7 +6,7 @@ import logging
 import math
 import os
 import random
-from collections.abc import AsyncGenerator, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -17,7 +17,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from ._batch import DEFAULT_CONCURRENCY, Batch, BatchEvent
 from ._download import DEFAULT_MAX_BYTES, DEFAULT_MAX_RETRIES, download_result
 from ._exceptions import ConfigurationError, InvalidRequestError
-from ._handle import TaskHandle
+from ._handle import AsCompleted, TaskHandle
 from ._http import DEFAULT_BASE_URL, DEFAULT_TIMEOUT, Wire, check_base_url
 from ._models import GenerationRequest, GenerationResult, TaskInfo
 from ._poller import Poller, Throttle
@@ -371,32 +371,15 @@ class AsyncBanana2:
         self._require_open()
         return self._poller.attach(task_id, wait_timeout=timeout, immediately=True)
 
-    async def as_completed(self, handles: Iterable[TaskHandle]) -> AsyncGenerator[TaskHandle, None]:
+    def as_completed(self, handles: Iterable[TaskHandle]) -> AsCompleted:
         """Yield each handle as it settles, successes and failures alike.
 
         Check each with ``await handle`` (returns or raises at once) or
-        ``handle.exception()``. Leaving the loop early releases the handles
-        no one else awaits once the generator is closed: to do that at once
-        (trio warns about an async generator left unclosed), loop over
-        ``contextlib.aclosing(client.as_completed(handles))``.
+        ``handle.exception()``. To leave the loop early and let go of the
+        handles no one else awaits, close it: ``async with
+        client.as_completed(handles) as results: async for done in results: ...``.
         """
-        pending = list(dict.fromkeys(handles))
-        if not pending:
-            return
-        send, receive = anyio.create_memory_object_stream[TaskHandle](len(pending))
-        for handle in pending:
-            handle._enter_wait()
-        try:
-            for handle in pending:
-                handle.add_done_callback(send.send_nowait)
-            for _ in pending:
-                yield await receive.receive()
-        finally:
-            for handle in pending:
-                handle.remove_done_callback(send.send_nowait)
-                handle._exit_wait()
-            send.close()
-            receive.close()
+        return AsCompleted(handles)
 
     # -- bulk runs and downloads ---------------------------------------------------------------
 

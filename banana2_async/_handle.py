@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import logging
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -11,9 +13,11 @@ import anyio
 from ._models import GenerationRequest, GenerationResult
 
 if TYPE_CHECKING:
+    from typing_extensions import Self
+
     from ._poller import Poller
 
-__all__ = ["TaskHandle"]
+__all__ = ["AsCompleted", "TaskHandle"]
 
 logger = logging.getLogger("banana2_async")
 
@@ -159,3 +163,70 @@ class TaskHandle:
 
     def _set_error(self, error: BaseException) -> bool:
         return self._settle(None, error)
+
+
+class AsCompleted:
+    """Handles in the order they settle: ``async for done in client.as_completed(handles)``.
+
+    It counts as a waiter of every handle it watches. Leaving the loop early
+    and closing it (``async with client.as_completed(...) as results:``, or
+    ``await results.aclose()``) lets go of the handles: those no one else
+    awaits stop being polled. Unclosed, it keeps them polled until they settle.
+    """
+
+    __slots__ = ("_closed", "_pending", "_ready", "_remaining", "_wakeup")
+
+    def __init__(self, handles: Iterable[TaskHandle]) -> None:
+        self._pending = list(dict.fromkeys(handles))
+        self._remaining = len(self._pending)
+        # A plain queue and an event: nothing to close, so a loop left early warns about nothing.
+        self._ready: collections.deque[TaskHandle] = collections.deque()
+        self._wakeup: anyio.Event | None = None
+        self._closed = False
+        for handle in self._pending:
+            handle._enter_wait()
+            handle.add_done_callback(self._on_done)
+
+    def _on_done(self, handle: TaskHandle) -> None:
+        self._ready.append(handle)
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    def __aiter__(self) -> AsCompleted:
+        return self
+
+    async def __anext__(self) -> TaskHandle:
+        while not self._ready:
+            if self._remaining == 0 or self._closed:
+                self._close()
+                raise StopAsyncIteration
+            self._wakeup = anyio.Event()
+            await self._wakeup.wait()
+        self._remaining -= 1
+        return self._ready.popleft()
+
+    async def aclose(self) -> None:
+        """Stop watching the handles that have not settled yet."""
+        self._close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for handle in self._pending:
+            handle.remove_done_callback(self._on_done)
+            handle._exit_wait()
+        self._ready.clear()
+        if self._wakeup is not None:
+            self._wakeup.set()

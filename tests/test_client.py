@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 from collections.abc import Iterator
 from typing import Any, cast
@@ -540,12 +541,12 @@ async def test_as_completed_yields_settled_handles_and_skips_duplicates() -> Non
 
 @pytest.mark.anyio
 async def test_leaving_as_completed_early_releases_the_handles() -> None:
-    """Breaking out of ``as_completed`` (closed with aclosing) stops polling the handles nobody awaits."""
+    """Breaking out of ``as_completed`` used as a context manager stops polling the handles nobody awaits."""
     fake = FakeAPI(lambda _: ("IN_PROGRESS",))
     fake.script("a", "SUCCESS")
     async with open_client(fake) as client:
         handles = [client.track(task_id) for task_id in "abc"]
-        async with contextlib.aclosing(client.as_completed(handles)) as results:
+        async with client.as_completed(handles) as results:
             async for done in results:
                 assert done.task_id == "a"
                 break
@@ -563,6 +564,36 @@ async def test_leaving_as_completed_early_releases_the_handles() -> None:
 
 
 @pytest.mark.anyio
+async def test_breaking_out_of_an_unclosed_as_completed_warns_about_nothing() -> None:
+    """A bare ``break`` leaves nothing to finalise (no ResourceWarning); its handles stay polled till they settle."""
+    fake = FakeAPI(lambda _: ("IN_PROGRESS",))
+    fake.script("a", "SUCCESS")
+    async with open_client(fake) as client:
+        handles = [client.track(task_id) for task_id in "ab"]
+        async for done in client.as_completed(handles):
+            assert done.task_id == "a"
+            break
+        gc.collect()
+        assert len(client.poller) == 1
+        fake.script("b", "SUCCESS")
+        assert (await handles[1]).task_id == "b"
+
+
+@pytest.mark.anyio
+async def test_as_completed_with_aclosing_lets_go_too() -> None:
+    """``contextlib.aclosing`` closes an ``as_completed`` loop like its own context manager does."""
+    fake = FakeAPI(lambda _: ("IN_PROGRESS",))
+    async with open_client(fake) as client:
+        handles = [client.track(task_id) for task_id in "ab"]
+        async with contextlib.aclosing(client.as_completed(handles)) as results:
+            with anyio.move_on_after(0.01):
+                async for _ in results:
+                    pass
+        assert len(client.poller) == 0
+        assert [done async for done in results] == []
+
+
+@pytest.mark.anyio
 async def test_leaving_as_completed_early_keeps_handles_others_await() -> None:
     """A handle someone else awaits stays polled when an ``as_completed`` loop over it ends early."""
     fake = FakeAPI(lambda _: ("IN_PROGRESS",))
@@ -572,7 +603,7 @@ async def test_leaving_as_completed_early_keeps_handles_others_await() -> None:
         async with anyio.create_task_group() as group:
             group.start_soon(handles[1].result)
             await wait_until(lambda: handles[1].waiting)
-            async with contextlib.aclosing(client.as_completed(handles)) as results:
+            async with client.as_completed(handles) as results:
                 async for _ in results:
                     break
             assert len(client.poller) == 1
