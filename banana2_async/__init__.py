@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from ._exceptions import TaskError as TaskError
     from ._exceptions import TaskFailedError as TaskFailedError
     from ._exceptions import TaskTimeoutError as TaskTimeoutError
+    from ._handle import AsCompleted as AsCompleted
     from ._handle import TaskHandle as TaskHandle
     from ._models import GenerationRequest as GenerationRequest
     from ._models import GenerationResult as GenerationResult
@@ -81,6 +82,7 @@ _MODULES: dict[str, str] = {
     "TaskError": "._exceptions",
     "TaskFailedError": "._exceptions",
     "TaskTimeoutError": "._exceptions",
+    "AsCompleted": "._handle",
     "TaskHandle": "._handle",
     "GenerationRequest": "._models",
     "GenerationResult": "._models",
@@ -98,6 +100,7 @@ __all__ = [
     "APIResponseError",
     "APIStatusError",
     "APITimeoutError",
+    "AsCompleted",
     "AsyncBanana2",
     "AuthenticationError",
     "BadRequestError",

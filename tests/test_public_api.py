@@ -16,6 +16,7 @@ PUBLIC = [
     "APIResponseError",
     "APIStatusError",
     "APITimeoutError",
+    "AsCompleted",
     "AsyncBanana2",
     "AuthenticationError",
     "BadRequestError",
