@@ -18,7 +18,6 @@ every request not sent is reported as ``"unsubmitted"``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections import deque
@@ -30,7 +29,6 @@ from typing import TYPE_CHECKING, Final, Generic, Literal, TypeVar
 
 import anyio
 import anyio.lowlevel
-import httpx
 
 from ._exceptions import (
     AuthenticationError,
@@ -393,8 +391,7 @@ class Batch:
             raise
         self._finished = anyio.Event()
         self._scope = anyio.CancelScope()
-        # The poller has no listener of its own: a poll is seen as its answer passes through the http client.
-        self._client.http_client.event_hooks["response"].append(self._observe)
+        self._client.poller.add_poll_listener(self._on_polled)
         task_group.start_soon(self._run, _items(self._requests, rows, self._resubmit_uncertain))
 
     async def _run(self, items: list[_Item]) -> None:
@@ -422,8 +419,7 @@ class Batch:
             self._fatal = exc
         finally:
             with anyio.CancelScope(shield=True):
-                with contextlib.suppress(ValueError):
-                    self._client.http_client.event_hooks["response"].remove(self._observe)
+                self._client.poller.remove_poll_listener(self._on_polled)
                 await self._journal.aclose()
             finished.set()
             self._wake()
@@ -542,12 +538,8 @@ class Batch:
         if self._wakeup is not None:
             self._wakeup.set()
 
-    async def _observe(self, response: httpx.Response) -> None:
-        request = response.request
-        if request.method != "GET" or not request.url.path.endswith("/api/status"):
-            return
-        task_id = request.url.params.get("task_id")
-        index = self._in_flight.get(task_id) if task_id else None
+    def _on_polled(self, task_id: str) -> None:
+        index = self._in_flight.get(task_id)
         if index is not None:
             self._emit(BatchEvent("polled", index, self._requests[index], task_id))
 

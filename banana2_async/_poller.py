@@ -87,6 +87,7 @@ class Poller:
         "_coalesce",
         "_deadlines",
         "_entries",
+        "_listeners",
         "_max_concurrent",
         "_not_found_grace",
         "_rate_limited",
@@ -125,6 +126,7 @@ class Poller:
         self._unknown_logged: set[str] = set()
         self._rate_limited = 0
         self._closed = False
+        self._listeners: list[Callable[[str], object]] = []
         self.polls_sent: int = 0
 
     def __len__(self) -> int:
@@ -134,6 +136,15 @@ class Poller:
     def pending(self) -> list[TaskHandle]:
         """Every handle the poller is watching."""
         return [handle for entry in self._entries.values() for handle in entry.handles]
+
+    def add_poll_listener(self, listener: Callable[[str], object]) -> None:
+        """Call ``listener(task_id)`` each time the server answers a poll (for progress displays)."""
+        self._listeners.append(listener)
+
+    def remove_poll_listener(self, listener: Callable[[str], object]) -> None:
+        """Forget a listener added with `add_poll_listener`; a no-op if it is not there."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
 
     # -- registration -------------------------------------------------------------------------
 
@@ -283,11 +294,20 @@ class Poller:
             self._settle(task_id, None, exc)
         else:
             self._rate_limited = 0
+            if self._listeners:
+                self._tell_listeners(task_id)
             if info is not None:
                 self._answered(task_id, sent, info)
             elif task_id in self._entries:
                 # Plainly still running: the common answer, without a TaskInfo built for it.
                 self._wake_by(self._schedule.polled(task_id, sent))
+
+    def _tell_listeners(self, task_id: str) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(task_id)
+            except Exception:
+                logger.exception("a poll listener raised")
 
     def _answered(self, task_id: str, sent: float, info: TaskInfo) -> None:
         if info.task_id != task_id:

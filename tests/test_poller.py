@@ -731,3 +731,30 @@ async def test_polls_keep_to_the_rate_limit() -> None:
             await handle
     times = sorted(fake.poll_times[f"t{n}"][0] for n in range(260))
     assert all(when >= started + (k - 200) / 200 - 1e-9 for k, when in enumerate(times, start=1))
+
+
+# -- poll listeners -------------------------------------------------------------------------------
+
+
+async def test_poll_listeners_hear_every_answered_poll_and_never_break_the_poller(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A listener is told each answered poll's task id; one that raises is logged and the others go on."""
+    fake = FakeAPI(lambda _: ("IN_PROGRESS", "IN_PROGRESS", "SUCCESS"))
+    heard: list[str] = []
+
+    def broken(_: str) -> None:
+        raise RuntimeError("a listener bug")
+
+    async with open_client(fake) as client:
+        client.poller.add_poll_listener(broken)
+        client.poller.add_poll_listener(heard.append)
+        await client.track("a")
+        client.poller.remove_poll_listener(broken)
+        client.poller.remove_poll_listener(broken)
+        await client.track("b")
+        client.poller.remove_poll_listener(heard.append)
+        await client.track("c")
+    assert heard == ["a"] * fake.polls["a"] + ["b"] * fake.polls["b"]
+    assert fake.polls["c"] == 3
+    assert "a poll listener raised" in caplog.text
