@@ -35,7 +35,7 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """Type-check the package and the tests with mypy --strict."""
     session.install("-e", ".[all,test]", "mypy>=1.10")
-    session.run("mypy", "--strict", "banana2_async", "tests", "benchmarks", "soak")
+    session.run("mypy", "--strict", "banana2_async", "tests", "benchmarks", "soak", "examples")
 
 
 @nox.session(python=PYTHON)
