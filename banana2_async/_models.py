@@ -8,8 +8,9 @@ task runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 from urllib.parse import urlsplit
 
@@ -102,26 +103,20 @@ class GenerationRequest(BaseModel):
     output_format: OutputFormat | None = None
 
     def __init__(self, **data: Any) -> None:
-        try:
+        with _field_errors():
             super().__init__(**data)
-        except ValidationError as exc:
-            raise _invalid(exc) from None
 
     @classmethod
     def model_validate(cls, *args: Any, **kwargs: Any) -> Self:
         """Validate a mapping (a JSONL row, say); raises `InvalidRequestError` naming the field."""
-        try:
+        with _field_errors():
             return super().model_validate(*args, **kwargs)
-        except ValidationError as exc:
-            raise _invalid(exc) from None
 
     @classmethod
     def model_validate_json(cls, *args: Any, **kwargs: Any) -> Self:
         """Validate a JSON document; raises `InvalidRequestError` naming the field."""
-        try:
+        with _field_errors():
             return super().model_validate_json(*args, **kwargs)
-        except ValidationError as exc:
-            raise _invalid(exc) from None
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -225,6 +220,15 @@ def _one_of(value: object, allowed: tuple[str, ...], field: str, *, normalise: A
         if candidate in allowed:
             return candidate
     raise ValueError(f"{field} must be one of {', '.join(allowed)}; got {value!r:.40}")
+
+
+@contextlib.contextmanager
+def _field_errors() -> Iterator[None]:
+    """Turn pydantic's `ValidationError` into `InvalidRequestError` naming the field."""
+    try:
+        yield
+    except ValidationError as exc:
+        raise _invalid(exc) from None
 
 
 def _invalid(exc: ValidationError) -> InvalidRequestError:

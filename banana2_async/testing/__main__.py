@@ -7,6 +7,7 @@ curl and programs in any language can use it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import threading
@@ -61,9 +62,8 @@ def main(argv: Sequence[str] | None = None, *, stop: threading.Event | None = No
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm) if in_main_thread else None
     try:
-        (stop or threading.Event()).wait()
-    except KeyboardInterrupt:
-        pass
+        with contextlib.suppress(KeyboardInterrupt):
+            (stop or threading.Event()).wait()
     finally:
         server.stop()
         if previous is not None:

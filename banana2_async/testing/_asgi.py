@@ -114,8 +114,9 @@ async def _read_body(receive: Receive) -> bytes | None:
 
 async def _client_left_within(receive: Receive, seconds: float) -> bool:
     with anyio.move_on_after(seconds):
-        while (await receive())["type"] != "http.disconnect":
-            pass
+        message = await receive()
+        while message["type"] != "http.disconnect":
+            message = await receive()
         return True
     return False
 
