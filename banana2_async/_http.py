@@ -53,6 +53,7 @@ USER_AGENT: Final = f"banana2-async/{__version__}"
 REDACTED: Final = b"[redacted]"
 _MIN_REDACTED: Final = 8
 
+_NO_SCOPE: Final = contextlib.nullcontext()
 _LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 # A task id httpx would put in a query string as it is (unreserved characters only).
 _PLAIN_QUERY_VALUE: Final = re.compile(r"[A-Za-z0-9._~-]+")
@@ -235,7 +236,8 @@ class Wire:
             try:
                 # Waiting for the gate and a slot sends nothing and may be cancelled; once a
                 # shielded request is on its way, its answer is awaited whatever happens to the caller.
-                with _translated(request.method, path), anyio.CancelScope(shield=shielded):
+                # (An unshielded scope would do nothing: polls and status calls skip making one.)
+                with _translated(request.method, path), anyio.CancelScope(shield=True) if shielded else _NO_SCOPE:
                     response = await self._client.send(request, stream=True, follow_redirects=True)
                     try:
                         content = await self._read_capped(response)
