@@ -14,7 +14,18 @@ from typing import Any
 
 __all__ = ["Record", "machine", "median", "percentile", "ratio", "render_table"]
 
-_PACKAGES = ("banana2-async", "httpx", "httpcore", "h11", "h2", "anyio", "pydantic", "pydantic-core", "uvicorn")
+_PACKAGES = (
+    "banana2-async",
+    "httpx",
+    "httpcore",
+    "h11",
+    "h2",
+    "anyio",
+    "pydantic",
+    "pydantic-core",
+    "uvicorn",
+    "hypercorn",
+)
 
 
 @dataclass(frozen=True)
