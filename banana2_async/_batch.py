@@ -44,7 +44,7 @@ from ._exceptions import (
 from ._handle import TaskHandle
 from ._journal import Journal, JournalRow, read_journal
 from ._models import GenerationRequest, GenerationResult
-from ._types import NOT_GIVEN, NotGiven
+from ._types import DEFAULT_BATCH_CONCURRENCY, NOT_GIVEN, NotGiven
 
 if TYPE_CHECKING:
     from ._client import AsyncBanana2
@@ -65,7 +65,7 @@ logger = logging.getLogger("banana2_async")
 
 T = TypeVar("T")
 
-DEFAULT_CONCURRENCY: Final = 8
+DEFAULT_CONCURRENCY: Final = DEFAULT_BATCH_CONCURRENCY
 
 OutcomeStatus = Literal["succeeded", "failed", "uncertain", "unsubmitted"]
 EventKind = Literal["submitted", "tracked", "polled", "succeeded", "failed"]

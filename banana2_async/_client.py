@@ -9,20 +9,33 @@ import random
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import anyio
 import httpx
 from anyio.abc import TaskGroup, TaskStatus
 
-from ._batch import DEFAULT_CONCURRENCY, Batch, BatchEvent
-from ._download import DEFAULT_MAX_BYTES, DEFAULT_MAX_RETRIES, download_result
 from ._exceptions import ConfigurationError, InvalidRequestError
 from ._handle import AsCompleted, TaskHandle
 from ._http import DEFAULT_BASE_URL, DEFAULT_TIMEOUT, Wire, check_base_url
 from ._models import GenerationRequest, GenerationResult, TaskInfo
 from ._poller import Poller, Throttle
 from ._schedule import RateBudget, parse_interval
-from ._types import NOT_GIVEN, AspectRatio, NotGiven, OutputFormat, Resolution, TaskType
+from ._types import (
+    DEFAULT_BATCH_CONCURRENCY,
+    DEFAULT_DOWNLOAD_MAX_BYTES,
+    DEFAULT_DOWNLOAD_RETRIES,
+    NOT_GIVEN,
+    AspectRatio,
+    NotGiven,
+    OutputFormat,
+    Resolution,
+    TaskType,
+)
+
+if TYPE_CHECKING:
+    # Bulk runs and downloads (sqlite3 and all) are imported when first used.
+    from ._batch import Batch, BatchEvent
 
 __all__ = ["AsyncBanana2"]
 
@@ -387,7 +400,7 @@ class AsyncBanana2:
         self,
         requests: Iterable[GenerationRequest | str],
         *,
-        concurrency: int = DEFAULT_CONCURRENCY,
+        concurrency: int = DEFAULT_BATCH_CONCURRENCY,
         journal: str | os.PathLike[str] | None = None,
         max_credits: int | None = None,
         resubmit_uncertain: bool = False,
@@ -415,6 +428,8 @@ class AsyncBanana2:
         Raises:
             InvalidRequestError: A request or an option is invalid (nothing is sent).
         """
+        from ._batch import Batch
+
         return Batch(
             self,
             requests,
@@ -432,8 +447,8 @@ class AsyncBanana2:
         result: GenerationResult,
         dest_dir: str | os.PathLike[str],
         *,
-        max_bytes: int = DEFAULT_MAX_BYTES,
-        max_retries: int = DEFAULT_MAX_RETRIES,
+        max_bytes: int = DEFAULT_DOWNLOAD_MAX_BYTES,
+        max_retries: int = DEFAULT_DOWNLOAD_RETRIES,
     ) -> list[Path]:
         """Download the images of ``result`` into ``dest_dir``; return the paths written.
 
@@ -447,6 +462,8 @@ class AsyncBanana2:
             DownloadError: An image could not be downloaded (too large, not an
                 image, still failing after ``max_retries`` retries, disk error).
         """
+        from ._download import download_result
+
         if self._closed:
             raise RuntimeError("this AsyncBanana2 is closed")
         return await download_result(

@@ -28,11 +28,12 @@ from ._exceptions import APIConnectionError, APIResponseError, DownloadError, In
 from ._http import USER_AGENT, _translated
 from ._models import GenerationResult
 from ._retry import backoff, outcome_of, retry_after_seconds, status_decision
+from ._types import DEFAULT_DOWNLOAD_MAX_BYTES, DEFAULT_DOWNLOAD_RETRIES
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_RETRIES", "download_result", "extension_for", "safe_stem"]
 
-DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
-DEFAULT_MAX_RETRIES: Final = 3
+DEFAULT_MAX_BYTES: Final = DEFAULT_DOWNLOAD_MAX_BYTES
+DEFAULT_MAX_RETRIES: Final = DEFAULT_DOWNLOAD_RETRIES
 _CHUNK: Final = 64 * 1024
 _MAX_RETRY_AFTER: Final = 30.0
 _EXPIRED: Final = frozenset({403, 404, 410})

@@ -7,6 +7,9 @@ from typing import Final, Literal
 
 __all__ = [
     "ASPECT_RATIOS",
+    "DEFAULT_BATCH_CONCURRENCY",
+    "DEFAULT_DOWNLOAD_MAX_BYTES",
+    "DEFAULT_DOWNLOAD_RETRIES",
     "NOT_GIVEN",
     "OUTPUT_FORMATS",
     "RESOLUTIONS",
@@ -53,3 +56,8 @@ ASPECT_RATIOS: Final[tuple[AspectRatio, ...]] = (
 )
 RESOLUTIONS: Final[tuple[Resolution, ...]] = ("1k", "2k", "4k")
 OUTPUT_FORMATS: Final[tuple[OutputFormat, ...]] = ("png", "jpeg")
+
+# Defaults of bulk runs and downloads, here so the client's signatures need not import those modules.
+DEFAULT_BATCH_CONCURRENCY: Final = 8
+DEFAULT_DOWNLOAD_MAX_BYTES: Final = 64 * 1024 * 1024
+DEFAULT_DOWNLOAD_RETRIES: Final = 3
