@@ -122,61 +122,68 @@ def http2_available() -> bool:
 # -- B2 -------------------------------------------------------------------------------------------------
 
 
+async def _compare_polls(
+    client: AsyncBanana2,
+    http: httpx.AsyncClient,
+    *,
+    task_id: str,
+    url: str,
+    headers: dict[str, str],
+    count: int,
+    rounds: int,
+) -> tuple[list[float], list[float]]:
+    """Seconds per status poll: ``client.status`` against a raw ``httpx`` GET, interleaved."""
+
+    async def ours() -> float:
+        started = time.perf_counter()
+        for _ in range(count):
+            await client.status(task_id)
+        return (time.perf_counter() - started) / count
+
+    async def theirs() -> float:
+        params = {"task_id": task_id}
+        started = time.perf_counter()
+        for _ in range(count):
+            response = await http.get(url, params=params, headers=headers)
+            response.raise_for_status()
+            response.json()
+        return (time.perf_counter() - started) / count
+
+    await ours()
+    await theirs()
+    return await _interleave(ours, theirs, rounds)
+
+
 async def _b2_in_process(config: WireConfig) -> tuple[list[float], list[float]]:
     table = TaskTable(1, durations=(1e9, 1e9), interval=(2.0, 3.0), ramp=0.0, seed=0)
     table.register(0, time.monotonic())
-    task_id = table.ids[0]
-    count = config.polls_in_process
     async with (
         httpx.AsyncClient(transport=TableTransport(table)) as http,
         AsyncBanana2(api_key=API_KEY, base_url=BASE_URL, http_client=http) as client,
     ):
-
-        async def ours() -> float:
-            started = time.perf_counter()
-            for _ in range(count):
-                await client.status(task_id)
-            return (time.perf_counter() - started) / count
-
-        async def theirs() -> float:
-            params = {"task_id": task_id}
-            started = time.perf_counter()
-            for _ in range(count):
-                response = await http.get(STATUS_URL, params=params, headers=HEADERS)
-                response.raise_for_status()
-                response.json()
-            return (time.perf_counter() - started) / count
-
-        await ours()
-        await theirs()
-        return await _interleave(ours, theirs, config.poll_rounds)
+        return await _compare_polls(
+            client,
+            http,
+            task_id=table.ids[0],
+            url=STATUS_URL,
+            headers=HEADERS,
+            count=config.polls_in_process,
+            rounds=config.poll_rounds,
+        )
 
 
 async def _b2_loopback(base_url: str, config: WireConfig) -> tuple[list[float], list[float]]:
-    count = config.polls_loopback
     async with httpx.AsyncClient() as http, AsyncBanana2(api_key=DEFAULT_API_KEY, base_url=base_url) as client:
         handle = await client.submit(_PROMPT)
-        task_id = handle.task_id
-        url = f"{base_url}/api/status"
-
-        async def ours() -> float:
-            started = time.perf_counter()
-            for _ in range(count):
-                await client.status(task_id)
-            return (time.perf_counter() - started) / count
-
-        async def theirs() -> float:
-            params = {"task_id": task_id}
-            started = time.perf_counter()
-            for _ in range(count):
-                response = await http.get(url, params=params, headers=_SIM_HEADERS)
-                response.raise_for_status()
-                response.json()
-            return (time.perf_counter() - started) / count
-
-        await ours()
-        await theirs()
-        return await _interleave(ours, theirs, config.poll_rounds)
+        return await _compare_polls(
+            client,
+            http,
+            task_id=handle.task_id,
+            url=f"{base_url}/api/status",
+            headers=_SIM_HEADERS,
+            count=config.polls_loopback,
+            rounds=config.poll_rounds,
+        )
 
 
 def run_b2(config: WireConfig, log: Callable[[str], None] = print) -> list[Record]:
