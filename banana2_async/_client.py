@@ -18,7 +18,6 @@ from anyio.abc import TaskGroup, TaskStatus
 from ._exceptions import ConfigurationError, InvalidRequestError
 from ._handle import AsCompleted, TaskHandle
 from ._http import DEFAULT_BASE_URL, DEFAULT_TIMEOUT, Wire, check_base_url
-from ._models import GenerationRequest, GenerationResult, TaskInfo
 from ._poller import Poller, Throttle
 from ._schedule import RateBudget, parse_interval
 from ._types import (
@@ -34,8 +33,10 @@ from ._types import (
 )
 
 if TYPE_CHECKING:
-    # Bulk runs and downloads (sqlite3 and all) are imported when first used.
+    # Bulk runs and downloads (sqlite3 and all), and the models (pydantic's model machinery),
+    # are imported when first used.
     from ._batch import Batch, BatchEvent
+    from ._models import GenerationRequest, GenerationResult, TaskInfo
 
 __all__ = ["AsyncBanana2"]
 
@@ -289,6 +290,8 @@ class AsyncBanana2:
             APIStatusError: The server refused it (`InsufficientCreditsError`, ...).
             APIConnectionError: The server could not be reached.
         """
+        from ._models import GenerationRequest
+
         request = GenerationRequest(
             prompt=prompt,
             type=type,
@@ -306,6 +309,8 @@ class AsyncBanana2:
         wait_timeout: float | NotGiven | None = NOT_GIVEN,
     ) -> TaskHandle:
         """Submit a prepared `GenerationRequest`; otherwise the same as `submit`."""
+        from ._models import GenerationRequest
+
         if not isinstance(request, GenerationRequest):
             raise InvalidRequestError("request must be a GenerationRequest", field="request")
         timeout = self._deadline_of(wait_timeout)

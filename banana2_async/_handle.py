@@ -10,11 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._models import GenerationRequest, GenerationResult
-
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+    from ._models import GenerationRequest, GenerationResult
     from ._poller import Poller
 
 __all__ = ["AsCompleted", "TaskHandle"]

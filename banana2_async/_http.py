@@ -14,11 +14,12 @@ import random
 import re
 import time
 from collections.abc import AsyncGenerator, Iterator
-from typing import Any, Final, NoReturn, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final, NoReturn, Protocol, cast
 
 import anyio
 import httpx
 
+from ._envelope import decode_envelope, ok_envelope, plainly_running
 from ._exceptions import (
     APIConnectionError,
     APIResponseError,
@@ -29,18 +30,12 @@ from ._exceptions import (
     RateLimitError,
     SubmissionUncertainError,
 )
-from ._models import (
-    GenerationRequest,
-    SubmitAccepted,
-    TaskInfo,
-    decode_envelope,
-    ok_envelope,
-    parse_submit,
-    parse_task,
-    plainly_running,
-)
 from ._retry import Failure, backoff, outcome_of, retry_after_seconds, status_decision, submit_decision
 from ._version import __version__
+
+if TYPE_CHECKING:
+    # The models (and pydantic's model machinery) load with the first answer that needs one.
+    from ._models import GenerationRequest, SubmitAccepted, TaskInfo
 
 __all__ = ["DEFAULT_BASE_URL", "DEFAULT_TIMEOUT", "Gate", "Wire", "check_base_url"]
 
@@ -326,6 +321,8 @@ class Wire:
 
     async def poll(self, task_id: str) -> TaskInfo:
         """One ``GET /api/status``, no retry: the poller owns backoff."""
+        from ._models import parse_task
+
         status_code, envelope = await self._exchange(self._status_request(task_id))
         return parse_task(envelope, task_id=task_id, status_code=status_code)
 
@@ -340,6 +337,8 @@ class Wire:
         status_code, envelope = await self._exchange(self._status_request(task_id), gated=False)
         if plainly_running(envelope["data"], task_id):
             return None
+        from ._models import parse_task
+
         return parse_task(envelope, task_id=task_id, status_code=status_code)
 
     async def status(self, task_id: str) -> TaskInfo:
@@ -363,6 +362,8 @@ class Wire:
         A cancelled caller is let go while waiting to send or to retry, never
         while a sent request's answer (and task id) is on its way.
         """
+        from ._models import parse_submit
+
         body = request.to_wire()
         attempt = 0
         # Once one attempt may have been paid for, giving up for any reason must say so.

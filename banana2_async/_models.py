@@ -1,9 +1,14 @@
-"""Request and response models, and the pure decoding of the API's envelope.
+"""Request and response models: validated requests, tolerant answers.
 
 Request models are strict and frozen: every documented rule is checked before
 any I/O, with an `InvalidRequestError` naming the field. Response models are
 tolerant: unknown fields are kept, and fields may be missing or null while a
 task runs.
+
+Each model builds its validator when first used, not at import
+(``defer_build``), and the client imports this module on its first request
+(see `_envelope` for the decoding that needs no model), so importing the SDK
+stays cheap.
 """
 
 from __future__ import annotations
@@ -11,12 +16,13 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from ._exceptions import APIResponseError, InvalidRequestError, error_for_status
+from ._envelope import EXCERPT_LIMIT, TaskState, classify_status, message_text
+from ._exceptions import APIResponseError, InvalidRequestError
 from ._types import ASPECT_RATIOS, OUTPUT_FORMATS, RESOLUTIONS, AspectRatio, OutputFormat, Resolution, TaskType
 
 if TYPE_CHECKING:
@@ -30,42 +36,13 @@ __all__ = [
     "GenerationResult",
     "SubmitAccepted",
     "TaskInfo",
-    "TaskState",
-    "classify_status",
-    "decode_envelope",
-    "ok_envelope",
     "parse_submit",
     "parse_task",
-    "plainly_running",
 ]
 
 MAX_PROMPT_LENGTH: Final = 5000
 MAX_IMAGES: Final = 14
 CREDITS: Final[Mapping[TaskType, int]] = {"text-to-image": 20, "edit": 24}
-
-TaskState = Literal["success", "failed", "running", "unknown"]
-
-_SUCCESS: Final = frozenset({"SUCCESS", "SUCCEEDED", "COMPLETED"})
-_FAILED: Final = frozenset({"FAILED", "FAILURE", "ERROR", "CANCELLED", "CANCELED"})
-_RUNNING: Final = frozenset(
-    {"IN_PROGRESS", "PENDING", "QUEUED", "PROCESSING", "IN_QUEUE", "RUNNING", "STARTING", "SUBMITTED", "CREATED"}
-)
-_MESSAGE_LIMIT: Final = 500
-_EXCERPT_LIMIT: Final = 200
-
-
-def classify_status(status: object) -> TaskState:
-    """Map a server status, in any case, to what the poller does with it."""
-    if not isinstance(status, str):
-        return "unknown"
-    upper = status.strip().upper()
-    if upper in _RUNNING:
-        return "running"
-    if upper in _SUCCESS:
-        return "success"
-    if upper in _FAILED:
-        return "failed"
-    return "unknown"
 
 
 def _is_utf8(value: str) -> bool:
@@ -93,7 +70,7 @@ class GenerationRequest(BaseModel):
     when ``images`` are given (see `task_type`).
     """
 
-    model_config: ClassVar[ConfigDict] = ConfigDict(frozen=True, strict=True, extra="forbid")
+    model_config: ClassVar[ConfigDict] = ConfigDict(frozen=True, strict=True, extra="forbid", defer_build=True)
 
     prompt: str
     type: TaskType | None = None
@@ -251,7 +228,7 @@ def _invalid(exc: ValidationError) -> InvalidRequestError:
 class _Tolerant(BaseModel):
     """A response model: unknown fields are kept, so a new API field never breaks an old client."""
 
-    model_config: ClassVar[ConfigDict] = ConfigDict(extra="allow", frozen=True)
+    model_config: ClassVar[ConfigDict] = ConfigDict(extra="allow", frozen=True, defer_build=True)
 
 
 class SubmitAccepted(_Tolerant):
@@ -298,7 +275,7 @@ class TaskInfo(_Tolerant):
 class GenerationResult(BaseModel):
     """A finished task: its result image URLs, and the task as the server reported it."""
 
-    model_config: ClassVar[ConfigDict] = ConfigDict(frozen=True)
+    model_config: ClassVar[ConfigDict] = ConfigDict(frozen=True, defer_build=True)
 
     task_id: str
     images: list[str]
@@ -322,108 +299,6 @@ class GenerationResult(BaseModel):
         )
 
 
-def _text(value: object) -> str | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, Mapping):
-        value = value.get("message") or value.get("error") or json.dumps(value, default=str)
-    return str(value)[:_MESSAGE_LIMIT]
-
-
-def _excerpt(content: bytes) -> str:
-    return content[:_EXCERPT_LIMIT].decode("utf-8", errors="replace")
-
-
-def _as_code(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None
-
-
-def ok_envelope(content: bytes) -> dict[str, Any] | None:
-    """The envelope of a 2xx answer that is plainly fine, else ``None``.
-
-    Fine: a JSON object whose ``code`` is absent or below 300 and whose
-    ``data`` is an object, exactly what `decode_envelope` lets through for a
-    2xx status. It skips that function's error bookkeeping on the common
-    path; for ``None``, `decode_envelope` says what is wrong.
-    """
-    try:
-        body: Any = json.loads(content)
-    except (ValueError, RecursionError):
-        return None
-    if type(body) is not dict or not isinstance(body.get("data"), dict):
-        return None
-    code = body.get("code")
-    if code is not None and code != 200:
-        parsed = _as_code(code)
-        if parsed is not None and parsed >= 300:
-            return None
-    return body
-
-
-def decode_envelope(
-    status_code: int,
-    content: bytes,
-    *,
-    request_id: str | None = None,
-    retry_after: float | None = None,
-) -> dict[str, Any]:
-    """Check an answer's HTTP status and envelope; return the envelope.
-
-    The envelope's ``code`` counts as much as the HTTP status: HTTP 200 with
-    ``"code": 402`` raises `InsufficientCreditsError`. An error status raises
-    the matching `APIStatusError`; a body that is not the envelope raises
-    `APIResponseError` with an excerpt.
-    """
-    try:
-        body: Any = json.loads(content)
-    except (ValueError, RecursionError):
-        body = None
-        if status_code >= 400:
-            message = f"HTTP {status_code}: {_excerpt(content)!r}" if content else f"HTTP {status_code}"
-            raise error_for_status(status_code, message, request_id=request_id, retry_after=retry_after) from None
-        raise APIResponseError(
-            f"the server answered HTTP {status_code} with a body that is not JSON",
-            status_code=status_code,
-            excerpt=_excerpt(content),
-        ) from None
-
-    if not isinstance(body, dict):
-        if status_code >= 400:
-            raise error_for_status(status_code, f"HTTP {status_code}", body=body, request_id=request_id)
-        raise APIResponseError(
-            "the server's answer is not the documented envelope (a JSON object)",
-            status_code=status_code,
-            excerpt=_excerpt(content),
-        )
-
-    code = _as_code(body.get("code"))
-    error_code = status_code if status_code >= 300 else (code if code is not None and code >= 300 else None)
-    if error_code is not None:
-        data = body.get("data")
-        message = (
-            _text(body.get("message"))
-            or _text(body.get("error"))
-            or _text(body.get("error_message"))
-            or (_text(data.get("error")) if isinstance(data, dict) else None)
-            or f"HTTP {error_code}"
-        )
-        raise error_for_status(error_code, message, body=body, request_id=request_id, retry_after=retry_after)
-
-    if not isinstance(body.get("data"), dict):
-        raise APIResponseError(
-            "the server's answer has no 'data' object",
-            status_code=status_code,
-            excerpt=_excerpt(content),
-        )
-    return body
-
-
 def parse_submit(envelope: dict[str, Any], *, status_code: int = 200) -> SubmitAccepted:
     """The accepted task in a checked ``POST /api/generate`` envelope."""
     data: dict[str, Any] = envelope["data"]
@@ -432,7 +307,7 @@ def parse_submit(envelope: dict[str, Any], *, status_code: int = 200) -> SubmitA
         raise APIResponseError(
             "the server accepted the task but sent no task_id",
             status_code=status_code,
-            excerpt=json.dumps(data, default=str)[:_EXCERPT_LIMIT],
+            excerpt=json.dumps(data, default=str)[:EXCERPT_LIMIT],
         )
     try:
         return SubmitAccepted.model_validate(data)
@@ -440,7 +315,7 @@ def parse_submit(envelope: dict[str, Any], *, status_code: int = 200) -> SubmitA
         raise APIResponseError(
             f"the submit answer does not match the documented shape: {exc.error_count()} problem(s)",
             status_code=status_code,
-            excerpt=json.dumps(data, default=str)[:_EXCERPT_LIMIT],
+            excerpt=json.dumps(data, default=str)[:EXCERPT_LIMIT],
         ) from None
 
 
@@ -458,12 +333,12 @@ def parse_task(envelope: dict[str, Any], *, task_id: str, status_code: int = 200
     if isinstance(envelope_message, str) and envelope_message.strip().lower() in ("success", "ok"):
         envelope_message = None
     fields["error_detail"] = (
-        _text(data.get("error"))
-        or _text(data.get("error_message"))
-        or _text(data.get("message"))
-        or _text(envelope.get("error"))
-        or _text(envelope.get("error_message"))
-        or _text(envelope_message)
+        message_text(data.get("error"))
+        or message_text(data.get("error_message"))
+        or message_text(data.get("message"))
+        or message_text(envelope.get("error"))
+        or message_text(envelope.get("error_message"))
+        or message_text(envelope_message)
     )
     try:
         return TaskInfo.model_validate(fields)
@@ -471,35 +346,5 @@ def parse_task(envelope: dict[str, Any], *, task_id: str, status_code: int = 200
         raise APIResponseError(
             f"the status answer does not match the documented shape: {exc.errors(include_url=False)[0]['msg']}",
             status_code=status_code,
-            excerpt=json.dumps(data, default=str)[:_EXCERPT_LIMIT],
+            excerpt=json.dumps(data, default=str)[:EXCERPT_LIMIT],
         ) from None
-
-
-# Listed fields a running answer may carry as a string (``response``: one URL) and still validate.
-_TEXT_FIELDS: Final = frozenset({"status", "type", "model", "created_at", "response"})
-# Listed fields whose value counts; ``task_id`` and ``error_detail`` are filled in by `parse_task` anyway.
-_CHECKED_FIELDS: Final = frozenset(TaskInfo.model_fields) - {"task_id", "error_detail"}
-
-
-def plainly_running(data: Mapping[str, Any], task_id: str) -> bool:
-    """Whether a status answer's ``data`` is task ``task_id`` in flight, and would parse as it is.
-
-    True when the status is an in-flight one, the answer names no other task,
-    and every listed field is ``None`` or a string where a string is valid,
-    so `parse_task` would give a running `TaskInfo` of ``task_id`` and
-    nothing else. The poller needs nothing more from such an answer, the
-    common one, and skips building the model; every other answer takes the
-    full path.
-    """
-    if classify_status(data.get("status")) != "running":
-        return False
-    answered = data.get("task_id")
-    if isinstance(answered, str) and answered and answered != task_id:
-        return False
-    for key, value in data.items():
-        if value is None or key not in _CHECKED_FIELDS:
-            continue
-        if type(value) is str and key in _TEXT_FIELDS:
-            continue
-        return False
-    return True

@@ -13,11 +13,9 @@ import logging
 import math
 import random
 from collections.abc import Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import anyio
-from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._exceptions import (
     APIResponseError,
@@ -32,9 +30,14 @@ from ._exceptions import (
 )
 from ._handle import TaskHandle
 from ._http import Wire
-from ._models import GenerationRequest, GenerationResult, TaskInfo
 from ._retry import backoff, outcome_of, status_decision
 from ._schedule import Interval, PollSchedule, RateBudget, TimerHeap
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskStatus
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+    from ._models import GenerationRequest, GenerationResult, TaskInfo
 
 __all__ = ["Poller", "Throttle"]
 
@@ -317,6 +320,8 @@ class Poller:
             return
         state = info.state
         if state == "success":
+            from ._models import GenerationResult
+
             self._settle(task_id, GenerationResult.from_info(info), None)
         elif state == "failed":
             status = str(info.status)

@@ -17,7 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from banana2_async import APIResponseError, APIStatusError, AsyncBanana2, TaskInfo
-from banana2_async._models import decode_envelope, ok_envelope, parse_task, plainly_running
+from banana2_async._envelope import CHECKED_FIELDS, decode_envelope, ok_envelope, plainly_running
+from banana2_async._models import parse_task
 
 BASE = "https://banana2api.com"
 KEY = "sk-fast-path-test-9c2d"
@@ -47,6 +48,11 @@ def test_plainly_running_only_where_parse_task_says_running(data: dict[str, Any]
         assert isinstance(info, TaskInfo)
         assert info.state == "running"
         assert info.task_id == "t1"
+
+
+def test_plainly_running_checks_every_field_of_task_info() -> None:
+    """The fast path's list of fields is the model's, less the two `parse_task` fills in itself."""
+    assert frozenset(TaskInfo.model_fields) - {"task_id", "error_detail"} == CHECKED_FIELDS
 
 
 def test_plainly_running_covers_the_common_answer() -> None:

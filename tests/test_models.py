@@ -26,14 +26,8 @@ from banana2_async import (
     RateLimitError,
     TaskInfo,
 )
-from banana2_async._models import (
-    MAX_IMAGES,
-    MAX_PROMPT_LENGTH,
-    classify_status,
-    decode_envelope,
-    parse_submit,
-    parse_task,
-)
+from banana2_async._envelope import classify_status, decode_envelope
+from banana2_async._models import MAX_IMAGES, MAX_PROMPT_LENGTH, parse_submit, parse_task
 
 BASE = "https://banana2api.com"
 KEY = "sk-models-test"

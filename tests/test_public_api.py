@@ -1,9 +1,13 @@
-"""The public surface of ``banana2_async``: its exact, sorted ``__all__`` and its ``__version__``."""
+"""The public surface of ``banana2_async``: its sorted ``__all__``, ``__version__``, what importing it loads."""
 
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import re
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import banana2_async
@@ -96,3 +100,24 @@ def test_version() -> None:
 def test_package_is_typed() -> None:
     """The package ships ``py.typed``, so type checkers use its annotations."""
     assert (Path(banana2_async.__file__).parent / "py.typed").is_file()
+
+
+def test_importing_the_client_defers_the_models_and_bulk_runs() -> None:
+    """``from banana2_async import AsyncBanana2`` loads no pydantic model, sqlite3 or memory stream yet.
+
+    Those load with the first request, bulk run or poller that needs them, so
+    a program (or a CLI's ``--help``) that imports the SDK does not pay for
+    them up front; B4 of the benchmarks measures what that is worth.
+    """
+    probe = textwrap.dedent(
+        """
+        import json, sys
+        from banana2_async import AsyncBanana2
+        print(json.dumps(sorted(sys.modules)))
+        """
+    )
+    output = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    loaded = set(json.loads(output.stdout))
+    assert "banana2_async._client" in loaded
+    deferred = {"banana2_async._models", "pydantic.main", "sqlite3", "banana2_async._batch", "anyio.streams.memory"}
+    assert not loaded & deferred
