@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 import httpx
@@ -278,10 +278,16 @@ def run_b3(config: WireConfig, log: Callable[[str], None] = print) -> list[Recor
 # -- B4 -------------------------------------------------------------------------------------------------
 
 _IMPORT: Final = "import time; t = time.process_time(); {}; print(time.process_time() - t)"
-# (statement, label, target): the issue's wording, what a program writes, and the baseline.
+# (statement, label, whether the 1.2x target applies): the issue's wording and what a program writes,
+# then what the first request adds, since the models load with it (reported, no target).
 OURS_IMPORTS: Final = (
-    ("import banana2_async", "import banana2_async (names load on first use)"),
-    ("from banana2_async import AsyncBanana2", "from banana2_async import AsyncBanana2"),
+    ("import banana2_async", "import banana2_async (names load on first use)", True),
+    ("from banana2_async import AsyncBanana2", "from banana2_async import AsyncBanana2", True),
+    (
+        "from banana2_async import AsyncBanana2, GenerationRequest; GenerationRequest(prompt='a cat')",
+        "the same, then one GenerationRequest (the models load)",
+        False,
+    ),
 )
 THEIR_IMPORT: Final = "import httpx, anyio, pydantic"
 
@@ -298,11 +304,12 @@ def run_b4(config: WireConfig, log: Callable[[str], None] = print) -> list[Recor
     CPU seconds of the import statement alone (not the interpreter's start),
     which a busy shared machine disturbs less than wall time. ``import
     banana2_async`` loads its names on first use, so the import a program
-    does, ``from banana2_async import AsyncBanana2``, is measured too. Bytecode
-    is cached for both (in a scratch directory) before measuring, as an
-    installed package has it.
+    does, ``from banana2_async import AsyncBanana2``, is measured too, and so
+    is that import followed by building one request, which loads the models
+    and pydantic's model machinery. Bytecode is cached for all of them (in a
+    scratch directory) before measuring, as an installed package has it.
     """
-    statements = [statement for statement, _ in OURS_IMPORTS] + [THEIR_IMPORT]
+    statements = [statement for statement, _, _ in OURS_IMPORTS] + [THEIR_IMPORT]
     timings: dict[str, list[float]] = {statement: [] for statement in statements}
     with tempfile.TemporaryDirectory(prefix="banana2-bench-") as cache:
         env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
@@ -314,8 +321,11 @@ def run_b4(config: WireConfig, log: Callable[[str], None] = print) -> list[Recor
                 timings[statement].append(_import_seconds(statement, env))
     baseline = timings[THEIR_IMPORT]
     records: list[Record] = []
-    for statement, label in OURS_IMPORTS:
+    for statement, label, targeted in OURS_IMPORTS:
         mine = timings[statement]
         log(f"B4: {statement} {median(mine) * 1000:.1f} ms vs {THEIR_IMPORT} {median(baseline) * 1000:.1f} ms CPU")
-        records += _records(f"B4 {label}, import CPU", "ms", mine, baseline, 1.2, 1000, THEIR_IMPORT)
+        figures = _records(f"B4 {label}, import CPU", "ms", mine, baseline, 1.2, 1000, THEIR_IMPORT)
+        if not targeted:
+            figures = [replace(record, target=None, met=None) for record in figures]
+        records += figures
     return records
