@@ -174,7 +174,8 @@ class AsyncBanana2:
             not_found_grace=not_found_grace,
             rng=self._rng,
         )
-        self._submit_slots = anyio.CapacityLimiter(submits)
+        # A free slot is taken without a trip through the event loop.
+        self._submit_slots = anyio.Semaphore(submits, fast_acquire=True)
         self._task_group: TaskGroup | None = None
         # Made when the poller starts: a cancel scope needs a running event loop, and building a client does not.
         self._poller_scope: anyio.CancelScope | None = None
