@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import logging
 import random
 import re
@@ -157,8 +158,8 @@ class Wire:
         "_secret",
         "_slots",
         "_status_prefix",
-        "_status_template",
         "_status_url",
+        "_templates",
         "_timeout",
         "base_url",
     )
@@ -184,7 +185,8 @@ class Wire:
         self._generate_url = base_url.copy_with(path=f"{prefix}/api/generate")
         self._status_url = base_url.copy_with(path=f"{prefix}/api/status")
         self._status_prefix = f"{self._status_url}?task_id="
-        self._status_template: tuple[list[tuple[bytes, bytes]], httpx.Headers, dict[str, Any]] | None = None
+        # Per method: the client's headers it was made from, the headers and the extensions (see `_template`).
+        self._templates: dict[str, tuple[list[tuple[bytes, bytes]], httpx.Headers, dict[str, Any]]] = {}
         self._headers = {
             "Authorization": f"Bearer {api_key}",
             "Accept": "application/json",
@@ -290,31 +292,60 @@ class Wire:
         )
         return status_code, envelope
 
-    def _status_request(self, task_id: str) -> httpx.Request:
-        """The same request as ``build_request("GET", status_url, params=..., headers=..., timeout=...)``.
+    def _template(self, method: str, url: httpx.URL) -> tuple[httpx.Headers, dict[str, Any]] | None:
+        """The headers and extensions ``build_request`` gives this wire's ``method`` request to ``url``.
 
         That call merges the client's headers, cookies and params into a new
-        URL and headers every time: a third of a poll's CPU. Its headers and
-        extensions are kept as a template while the client has no cookies or
-        params and its headers stay as they were; each poll then only builds
-        its URL, and the request around it with its (empty) body stream given.
+        URL and headers every time: a third of a poll's CPU. While the client
+        has no cookies or params, its headers and extensions are kept per
+        method and reused until the client's headers change; ``None`` means
+        the client has cookies or params, and ``build_request`` must be called.
+        A POST's template carries its content type but no length: each body
+        brings its own.
         """
         client = self._client
         if client.params or client.cookies:
-            return client.build_request(
+            return None
+        client_headers = client.headers.raw
+        template = self._templates.get(method)
+        if template is None or template[0] != client_headers:
+            headers = self._headers if method == "GET" else {**self._headers, "Content-Type": "application/json"}
+            model = client.build_request(method, url, headers=headers, timeout=self._timeout)
+            # A POST without a body gets "Content-Length: 0"; the real one is added per request.
+            kept = httpx.Headers([(name, value) for name, value in model.headers.raw if name != b"Content-Length"])
+            template = self._templates[method] = (client_headers, kept, model.extensions)
+        return template[1], template[2]
+
+    def _status_request(self, task_id: str) -> httpx.Request:
+        """The same request as ``build_request("GET", status_url, params=..., headers=..., timeout=...)``.
+
+        Made from `_template`: each poll only builds its URL, and the request
+        around it with its (empty) body stream given.
+        """
+        template = self._template("GET", self._status_url)
+        if template is None:
+            return self._client.build_request(
                 "GET", self._status_url, params={"task_id": task_id}, headers=self._headers, timeout=self._timeout
             )
-        client_headers = client.headers.raw
-        template = self._status_template
-        if template is None or template[0] != client_headers:
-            model = client.build_request("GET", self._status_url, headers=self._headers, timeout=self._timeout)
-            template = self._status_template = (client_headers, model.headers, model.extensions)
         if _PLAIN_QUERY_VALUE.fullmatch(task_id):
             url = httpx.URL(self._status_prefix + task_id)
         else:
             url = self._status_url.copy_merge_params({"task_id": task_id})
         # An empty stream given up front: the template's headers are final, nothing to encode or prepare.
-        return httpx.Request("GET", url, headers=template[1], extensions=template[2], stream=httpx.ByteStream(b""))
+        return httpx.Request("GET", url, headers=template[0], extensions=template[1], stream=httpx.ByteStream(b""))
+
+    def _generate_request(self, body: dict[str, Any]) -> httpx.Request:
+        """The same request as ``build_request("POST", generate_url, json=body, headers=..., timeout=...)``.
+
+        Made from `_template`, with the body encoded as httpx encodes JSON.
+        """
+        template = self._template("POST", self._generate_url)
+        if template is None:
+            return self._client.build_request(
+                "POST", self._generate_url, json=body, headers=self._headers, timeout=self._timeout
+            )
+        content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+        return httpx.Request("POST", self._generate_url, headers=template[0], content=content, extensions=template[1])
 
     async def poll(self, task_id: str) -> TaskInfo:
         """One ``GET /api/status``, no retry: the poller owns backoff."""
@@ -367,12 +398,7 @@ class Wire:
         maybe_paid = False
         while True:
             try:
-                status_code, envelope = await self._exchange(
-                    self._client.build_request(
-                        "POST", self._generate_url, json=body, headers=self._headers, timeout=self._timeout
-                    ),
-                    shielded=True,
-                )
+                status_code, envelope = await self._exchange(self._generate_request(body), shielded=True)
                 return parse_submit(envelope, status_code=status_code)
             except (APIConnectionError, APIResponseError, APIStatusError) as exc:
                 decision = submit_decision(outcome_of(exc))

@@ -1,6 +1,6 @@
-"""The poll's fast paths give exactly what the full paths give.
+"""The fast paths of polls and submits give exactly what the full paths give.
 
-A poll skips ``build_request`` (a template of its headers instead), the error
+Polls and submits skip ``build_request`` (a template of its headers instead), the error
 bookkeeping of `decode_envelope` (`ok_envelope`) and the `TaskInfo` of a
 plainly running task (`plainly_running`). Each is pinned here against the
 full path it stands in for.
@@ -95,7 +95,7 @@ def test_ok_envelope_refuses_what_is_not_an_envelope(content: bytes) -> None:
         decode_envelope(200, content)
 
 
-# -- the request of a poll --------------------------------------------------------------------------------
+# -- the requests of a poll and a submit ----------------------------------------------------------------
 
 _ANSWER = {"code": 200, "message": "success", "data": {"task_id": "t", "status": "IN_PROGRESS"}}
 
@@ -135,6 +135,28 @@ async def test_a_poll_sends_what_build_request_would(task_id: str) -> None:
     assert fast.url.params["task_id"] == task_id
     assert _without_cookie(fast) == _without_cookie(full)
     assert full.headers["cookie"] == "session=s1"
+    assert fast.extensions == full.extensions
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("prompt", ["a cat", "ä ☃ 猫 \U0001f34c", 'a "quoted" \\ prompt\nover lines'])
+async def test_a_submit_sends_what_build_request_would(prompt: str) -> None:
+    """Without cookies or params on the client, a submit's URL, headers and body are build_request's."""
+    recorder = _Recorder()
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(recorder), headers={"X-Trace": "on"}) as http,
+        AsyncBanana2(api_key=KEY, base_url=f"{BASE}/v2/", http_client=http) as client,
+    ):
+        options: dict[str, Any] = {"images": ["https://example.com/a.png"], "aspect_ratio": "16:9"}
+        await client.submit(prompt, **options)  # no cookie yet: the template
+        http.cookies.set("session", "s1", domain="banana2api.com")
+        await client.submit(prompt, **options)  # a cookie: build_request itself
+    fast, full = (request for request in recorder.requests if request.method == "POST")
+    assert str(fast.url) == str(full.url) == f"{BASE}/v2/api/generate"
+    assert sorted(_without_cookie(fast)) == sorted(_without_cookie(full))
+    assert full.headers["cookie"] == "session=s1"
+    assert fast.content == full.content
+    assert json.loads(fast.content)["prompt"] == prompt
     assert fast.extensions == full.extensions
 
 
