@@ -40,6 +40,7 @@ class TaskHandle:
         "__weakref__",
         "_callbacks",
         "_error",
+        "_error_traceback",
         "_event",
         "_poller",
         "_result",
@@ -63,6 +64,7 @@ class TaskHandle:
         self._poller = poller
         self._result: GenerationResult | None = None
         self._error: BaseException | None = None
+        self._error_traceback: TracebackType | None = None
         # Created on first wait: most handles of a bulk run are never awaited directly.
         self._event: anyio.Event | None = None
         self._waiters = 0
@@ -91,7 +93,9 @@ class TaskHandle:
         Raises `RuntimeError` while the handle is still pending.
         """
         if self._error is not None:
-            raise self._error
+            # Raised from the traceback it settled with, as asyncio's futures do: the error may be
+            # shared (a 401 settles every handle with one), and each raise would otherwise add to it.
+            raise self._error.with_traceback(self._error_traceback)
         if self._result is None:
             raise RuntimeError(f"task {self.task_id} is still pending")
         return self._result
@@ -147,6 +151,7 @@ class TaskHandle:
         if self.done():
             return False
         self._result, self._error = result, error
+        self._error_traceback = None if error is None else error.__traceback__
         if self._event is not None:
             self._event.set()
         callbacks, self._callbacks = self._callbacks, None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import traceback
 from typing import Any
 
 import anyio
@@ -507,6 +508,21 @@ async def test_a_401_on_a_poll_fails_every_pending_handle() -> None:
         polled = fake.status_requests
         await anyio.sleep(0.02)
         assert fake.status_requests == polled
+
+
+async def test_raising_a_shared_error_again_and_again_does_not_grow_its_traceback() -> None:
+    """One 401 settles many handles with one error; each await raises it from where it settled, not deeper."""
+    fake = FakeAPI(running_forever)
+    fake.script("a", "IN_PROGRESS", error(401, "invalid API key"))
+    async with open_client(fake, wait_timeout=None) as client:
+        handles = [client.track(f"t{number}") for number in range(50)] + [client.track("a")]
+        depths = []
+        for handle in handles + handles:
+            with pytest.raises(AuthenticationError) as caught:
+                await handle
+            depths.append(len(traceback.extract_tb(caught.value.__traceback__)))
+    assert len({id(handle.exception()) for handle in handles}) == 1
+    assert len(set(depths)) == 1
 
 
 @pytest.mark.parametrize("code", [400, 402, 403, 409, 422])
