@@ -50,6 +50,8 @@ REDACTED: Final = b"[redacted]"
 _MIN_REDACTED: Final = 8
 
 _NO_SCOPE: Final = contextlib.nullcontext()
+# What a closed response's stream is swapped for (see `Wire._send`).
+_SPENT: Final = httpx.ByteStream(b"")
 _LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 # A task id httpx would put in a query string as it is (unreserved characters only).
 _PLAIN_QUERY_VALUE: Final = re.compile(r"[A-Za-z0-9._~-]+")
@@ -107,35 +109,40 @@ _TIMEOUT_KINDS: Final[dict[type[httpx.TimeoutException], Failure]] = {
 }
 
 
+def _translate(exc: httpx.HTTPError, method: str, path: str) -> Banana2Error:
+    """The error of the tree that stands for one of httpx's exceptions."""
+    if isinstance(exc, httpx.TimeoutException):
+        kind = _TIMEOUT_KINDS.get(type(exc), Failure.READ_TIMEOUT).value
+        return APITimeoutError(f"{method} {path} timed out ({kind})", kind=kind, method=method, path=path)
+    if isinstance(exc, httpx.ConnectError):
+        return APIConnectionError(
+            f"{method} {path}: could not connect", kind=Failure.CONNECT.value, method=method, path=path
+        )
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return ConfigurationError(f"{method} {path}: unsupported URL scheme")
+    if isinstance(exc, httpx.LocalProtocolError):
+        return APIConnectionError(
+            f"{method} {path}: the request could not be sent", kind=Failure.LOCAL.value, method=method, path=path
+        )
+    if isinstance(exc, httpx.TooManyRedirects):
+        return APIResponseError(f"{method} {path}: too many redirects")
+    if isinstance(exc, httpx.DecodingError):
+        return APIResponseError(f"{method} {path}: the answer could not be decoded")
+    return APIConnectionError(
+        f"{method} {path}: the connection broke ({type(exc).__name__})",
+        kind=Failure.NETWORK.value,
+        method=method,
+        path=path,
+    )
+
+
 @contextlib.contextmanager
 def _translated(method: str, path: str) -> Iterator[None]:
     """Translate httpx's exceptions into the error tree."""
     try:
         yield
-    except httpx.TimeoutException as exc:
-        kind = _TIMEOUT_KINDS.get(type(exc), Failure.READ_TIMEOUT).value
-        raise APITimeoutError(f"{method} {path} timed out ({kind})", kind=kind, method=method, path=path) from exc
-    except httpx.ConnectError as exc:
-        raise APIConnectionError(
-            f"{method} {path}: could not connect", kind=Failure.CONNECT.value, method=method, path=path
-        ) from exc
-    except httpx.UnsupportedProtocol as exc:
-        raise ConfigurationError(f"{method} {path}: unsupported URL scheme") from exc
-    except httpx.LocalProtocolError as exc:
-        raise APIConnectionError(
-            f"{method} {path}: the request could not be sent", kind=Failure.LOCAL.value, method=method, path=path
-        ) from exc
-    except httpx.TooManyRedirects as exc:
-        raise APIResponseError(f"{method} {path}: too many redirects") from exc
-    except httpx.DecodingError as exc:
-        raise APIResponseError(f"{method} {path}: the answer could not be decoded") from exc
     except httpx.HTTPError as exc:
-        raise APIConnectionError(
-            f"{method} {path}: the connection broke ({type(exc).__name__})",
-            kind=Failure.NETWORK.value,
-            method=method,
-            path=path,
-        ) from exc
+        raise _translate(exc, method, path) from exc
 
 
 class Wire:
@@ -231,12 +238,19 @@ class Wire:
                 # Waiting for the gate and a slot sends nothing and may be cancelled; once a
                 # shielded request is on its way, its answer is awaited whatever happens to the caller.
                 # (An unshielded scope would do nothing: polls and status calls skip making one.)
-                with _translated(request.method, path), anyio.CancelScope(shield=True) if shielded else _NO_SCOPE:
-                    response = await self._client.send(request, stream=True, follow_redirects=True)
-                    try:
-                        content = await self._read_capped(response)
-                    finally:
-                        await response.aclose()
+                # (`_translated` inlined: a generator-based context manager costs a poll a few us.)
+                try:
+                    with anyio.CancelScope(shield=True) if shielded else _NO_SCOPE:
+                        response = await self._client.send(request, stream=True, follow_redirects=True)
+                        try:
+                            content = await self._read_capped(response)
+                        finally:
+                            await response.aclose()
+                            # The response and its stream refer to each other: left so, every answer
+                            # (request, URL, headers and all) waits for the cyclic garbage collector.
+                            response.stream = _SPENT
+                except httpx.HTTPError as exc:
+                    raise _translate(exc, request.method, path) from exc
             except Exception as exc:
                 if logger.isEnabledFor(logging.DEBUG):
                     failure = type(exc.__cause__ or exc).__name__
@@ -258,7 +272,13 @@ class Wire:
         chunks: list[bytes] = []
         size = 0
         # aclosing: leaving early must finalise httpx's generators now (trio warns otherwise).
-        async with contextlib.aclosing(cast("AsyncGenerator[bytes, None]", response.aiter_bytes())) as stream:
+        # A declared length and no content encoding: the raw bytes are the body, one generator and
+        # decoder fewer. (A body httpx read already, a transport's `Response(content=...)`, only
+        # `aiter_bytes` serves; and one of unknown length may be left unfinished, which `aiter_raw`
+        # would not clean up after.)
+        plain = declared.isdigit() and not response.is_stream_consumed and "content-encoding" not in response.headers
+        chunks_of = response.aiter_raw if plain else response.aiter_bytes
+        async with contextlib.aclosing(cast("AsyncGenerator[bytes, None]", chunks_of())) as stream:
             async for chunk in stream:
                 size += len(chunk)
                 if size > MAX_BODY_BYTES:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 import anyio
+import anyio.lowlevel
 
 from ._exceptions import (
     APIResponseError,
@@ -35,7 +37,6 @@ from ._schedule import Interval, PollSchedule, RateBudget, TimerHeap
 
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
-    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
     from ._models import GenerationRequest, GenerationResult, TaskInfo
 
@@ -76,8 +77,8 @@ class Throttle:
 class _Entry:
     __slots__ = ("handles", "last_error", "registered_at")
 
-    def __init__(self, registered_at: float) -> None:
-        self.handles: list[TaskHandle] = []
+    def __init__(self, registered_at: float, handle: TaskHandle) -> None:
+        self.handles: list[TaskHandle] = [handle]
         self.registered_at = registered_at
         self.last_error: BaseException | None = None
 
@@ -89,7 +90,9 @@ class Poller:
         "_closed",
         "_coalesce",
         "_deadlines",
+        "_due",
         "_entries",
+        "_idle",
         "_listeners",
         "_max_concurrent",
         "_not_found_grace",
@@ -122,6 +125,9 @@ class Poller:
         self._schedule: PollSchedule[str] = PollSchedule(interval, rng)
         self._deadlines: TimerHeap[TaskHandle] = TimerHeap()
         self._entries: dict[str, _Entry] = {}
+        # Due task ids, oldest first, and the events of the workers waiting for one.
+        self._due: deque[str] = deque()
+        self._idle: list[anyio.Event] = []
         # Polls due within this window are sent together: fewer wake-ups, a few ms of slip.
         self._coalesce = min(0.01, interval[0] / 10)
         self._wakeup: anyio.Event | None = None
@@ -173,9 +179,10 @@ class Poller:
         entry = self._entries.get(handle.task_id)
         if entry is None:
             # A 404 is forgiven only right after a submit: a tracked task is one the server has.
-            entry = self._entries[handle.task_id] = _Entry(now if handle.request is not None else -math.inf)
+            entry = self._entries[handle.task_id] = _Entry(now if handle.request is not None else -math.inf, handle)
             self._wake_by(self._schedule.add(handle.task_id, now, immediately=immediately))
-        entry.handles.append(handle)
+        else:
+            entry.handles.append(handle)
         if handle.deadline is not None:
             if handle.deadline <= now:
                 self._expire(handle)
@@ -237,30 +244,29 @@ class Poller:
         self.fail_all(ClientClosedError)
         if self._wakeup is not None:
             self._wakeup.set()
+        self._wake_workers(len(self._idle))
 
     # -- the coroutines ------------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Dispatch due polls to the workers until cancelled."""
-        send, receive = anyio.create_memory_object_stream[str](math.inf)
         self._wakeup = anyio.Event()
-        async with receive, anyio.create_task_group() as workers:
+        async with anyio.create_task_group() as workers:
             for _ in range(self._max_concurrent):
-                workers.start_soon(self._work, receive)
+                workers.start_soon(self._work)
             task_status.started()
-            async with send:
-                await self._dispatch(send)
+            await self._dispatch()
 
-    async def _dispatch(self, send: MemoryObjectSendStream[str]) -> None:
-        schedule, deadlines = self._schedule, self._deadlines
+    async def _dispatch(self) -> None:
+        schedule, deadlines, due = self._schedule, self._deadlines, self._due
         while not self._closed:
             now = anyio.current_time()
             for handle in deadlines.pop_due(now):
                 self._expire(handle)
             paused = self._throttle.pause_remaining()
             if paused <= 0:
-                for task_id in schedule.pop_due(now):
-                    send.send_nowait(task_id)
+                due.extend(schedule.pop_due(now))
+                self._wake_workers(len(due))
             wake = math.inf
             next_poll = schedule.next_time()
             if next_poll is not None:
@@ -279,10 +285,26 @@ class Poller:
             if wakeup.is_set():
                 self._wakeup = anyio.Event()
 
-    async def _work(self, receive: MemoryObjectReceiveStream[str]) -> None:
-        async for task_id in receive:
-            if task_id in self._entries:
+    def _wake_workers(self, count: int) -> None:
+        idle = self._idle
+        for _ in range(min(count, len(idle))):
+            idle.pop().set()
+
+    async def _work(self) -> None:
+        # A plain deque, and an event only for an idle spell: handing a due poll to a busy pool
+        # costs no stream machinery.
+        due, entries, idle = self._due, self._entries, self._idle
+        while not self._closed:
+            if not due:
+                ready = anyio.Event()
+                idle.append(ready)
+                await ready.wait()
+                continue
+            task_id = due.popleft()
+            if task_id in entries:
                 await self._poll(task_id)
+                # Other tasks get their turn between polls, also with a transport that never waits.
+                await anyio.lowlevel.checkpoint()
 
     async def _poll(self, task_id: str) -> None:
         sent = await self._throttle.acquire()
