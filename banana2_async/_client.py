@@ -174,8 +174,9 @@ class AsyncBanana2:
             not_found_grace=not_found_grace,
             rng=self._rng,
         )
-        # A free slot is taken without a trip through the event loop.
-        self._submit_slots = anyio.Semaphore(submits, fast_acquire=True)
+        # Taking a slot yields once, as anyio's own calls do: a burst of submits over a transport
+        # that never waits (an in-process one, say) still lets timers and other tasks run between them.
+        self._submit_slots = anyio.Semaphore(submits)
         self._task_group: TaskGroup | None = None
         # Made when the poller starts: a cancel scope needs a running event loop, and building a client does not.
         self._poller_scope: anyio.CancelScope | None = None

@@ -119,3 +119,22 @@ async def test_a_submit_cancelled_while_waiting_to_retry_a_refusal_sends_nothing
                 scope.cancel()
     assert [kind for _, kind, _ in fake.log].count("submit") == 1
     assert fake.submitted == []
+
+
+async def test_a_submit_lets_other_tasks_run_even_over_a_transport_that_never_waits() -> None:
+    """Each submit yields to the event loop at least once, so a burst of them cannot hold timers back."""
+    fake = FakeAPI()
+    others_ran: list[bool] = []
+    async with open_client(fake) as client, anyio.create_task_group() as group:
+
+        async def submitter() -> None:
+            await client.submit("a fox")
+            others_ran.append(bool(ticks))
+
+        async def other() -> None:
+            ticks.append(None)
+
+        ticks: list[None] = []
+        group.start_soon(submitter)
+        group.start_soon(other)
+    assert others_ran == [True]
