@@ -27,7 +27,15 @@ FULL = (B1Config(), WireConfig())
 # Quick: every benchmark at small sizes; B1 on a time scale of 1/10. A smoke run, not a measurement.
 QUICK = (
     B1Config(sizes=(100, 400), main_size=400, rounds=1, capacity_max=1_600, memory_size=1_000, scale=0.1),
-    WireConfig(polls_in_process=300, polls_loopback=100, poll_rounds=3, submits=200, submit_rounds=1, imports=3),
+    WireConfig(
+        polls_in_process=300,
+        polls_loopback=100,
+        poll_rounds=3,
+        submits=200,
+        submit_rounds=1,
+        http2_submit_rounds=3,
+        imports=3,
+    ),
 )
 
 

@@ -17,7 +17,14 @@ from benchmarks._wire import OURS_IMPORTS, WireConfig, http2_available, run_b2, 
 
 TINY_B1 = B1Config(sizes=(20, 40), main_size=40, rounds=1, capacity_max=80, memory_size=40, scale=0.05)
 TINY_WIRE = WireConfig(
-    polls_in_process=20, polls_loopback=10, poll_rounds=1, submits=16, concurrency=4, submit_rounds=1, imports=1
+    polls_in_process=20,
+    polls_loopback=10,
+    poll_rounds=1,
+    submits=16,
+    concurrency=4,
+    submit_rounds=1,
+    http2_submit_rounds=1,
+    imports=1,
 )
 
 
