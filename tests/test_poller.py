@@ -397,14 +397,16 @@ async def test_the_deadline_raises_task_timeout_and_track_picks_the_task_up_agai
     fake = FakeAPI(running_forever)
     async with open_client(fake) as client:
         submitted_at = anyio.current_time()
-        handle = await client.submit("a slow fox", wait_timeout=0.05)
+        # Long enough for a poll even on a busy machine.
+        handle = await client.submit("a slow fox", wait_timeout=0.3)
         with pytest.raises(TaskTimeoutError) as caught:
             await handle
-        assert anyio.current_time() - submitted_at >= 0.05
+        assert anyio.current_time() - submitted_at >= 0.3
         assert caught.value.task_id == handle.task_id
         assert handle.task_id in str(caught.value)
         assert len(client.poller) == 0
         polled = fake.polls[handle.task_id]
+        assert polled >= 1
         # The server finishes the task after all.
         fake.script(handle.task_id, "SUCCESS")
         result = await client.track(handle.task_id)
