@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 import pytest
+from _marks import HTTPX_ABANDONED_STREAMS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -43,14 +44,6 @@ pytestmark = pytest.mark.anyio
 KEY: Final = "sk-fuzz-5d1e0c9a7b3f4e21a8c6"
 BASE_URL: Final = "https://api.fuzz.invalid"
 CAP: Final = 4 * 1024 * 1024
-
-# An answer cut off at the size cap leaves httpx's own nested stream generators unfinished: trio warns when
-# they are collected (the SDK closes the one it iterates). That warning, and only that one, is httpx's.
-HTTPX_ABANDONED_STREAMS: Final = pytest.mark.filterwarnings(
-    r"ignore:Exception ignored in. <async_generator object "
-    r"(BoundAsyncStream\.__aiter__|Response\.aiter_raw) "
-    ":pytest.PytestUnraisableExceptionWarning"
-)
 
 # Deterministic and modest: the same examples every run, fast enough for the default test run.
 FUZZ: Final = settings(

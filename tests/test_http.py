@@ -15,6 +15,7 @@ import httpx
 import pytest
 import respx
 import trio.testing
+from _marks import HTTPX_ABANDONED_STREAMS
 
 from banana2_async import (
     APIConnectionError,
@@ -40,14 +41,6 @@ pytestmark = pytest.mark.anyio
 BASE = "https://banana2api.com"
 KEY = "sk-wire-test-5f1e0c"
 MIB = 1024 * 1024
-
-# httpx drops its inner stream generators unclosed when a body is abandoned part-way (encode/httpx#3686),
-# and trio warns about them. The wire's own generator is closed: only httpx's inner ones are let through.
-HTTPX_ABANDONED_STREAMS = pytest.mark.filterwarnings(
-    r"ignore:Exception ignored in. <async_generator object "
-    r"(BoundAsyncStream\.__aiter__|ByteStream\.__aiter__|Response\.aiter_raw) "
-    ":pytest.PytestUnraisableExceptionWarning"
-)
 
 Outcome: TypeAlias = "httpx.Response | type[Exception]"
 Make: TypeAlias = Callable[[], Outcome]

@@ -13,6 +13,7 @@ import httpx
 import pytest
 import respx
 import trio.testing
+from _marks import HTTPX_ABANDONED_STREAMS
 
 from banana2_async import (
     APIResponseError,
@@ -170,15 +171,6 @@ async def test_a_key_echoed_by_the_server_is_redacted(api: respx.MockRouter, ans
             await client.submit("a fox")
     assert not _leaks(_everything_about(caught.value))
     assert "[redacted]" in _everything_about(caught.value)
-
-
-# httpx drops its inner stream generators unclosed when a body is abandoned part-way (encode/httpx#3686),
-# and trio warns about them; only those are let through.
-HTTPX_ABANDONED_STREAMS = pytest.mark.filterwarnings(
-    r"ignore:Exception ignored in. <async_generator object "
-    r"(BoundAsyncStream\.__aiter__|ByteStream\.__aiter__|Response\.aiter_raw) "
-    ":pytest.PytestUnraisableExceptionWarning"
-)
 
 
 @HTTPX_ABANDONED_STREAMS
