@@ -94,6 +94,9 @@ def check_base_url(base_url: str, *, allow_insecure_http: bool) -> httpx.URL:
         raise ConfigurationError(f"base_url is not a valid URL: {exc}") from exc
     if url.scheme not in ("http", "https") or not url.host:
         raise ConfigurationError(f"base_url must be an http(s) URL with a host, not {base_url!r}")
+    if url.userinfo:
+        # httpx would send them as basic auth in place of the key, and the URL is shown in reprs and logs.
+        raise ConfigurationError("base_url must not carry credentials (user:password@): the API key is the credential")
     if url.scheme == "http" and not allow_insecure_http and not _is_loopback(url.host):
         raise ConfigurationError(
             f"base_url {base_url!r} is plain http to a host other than loopback: the API key would travel "

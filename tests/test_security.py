@@ -321,6 +321,18 @@ def test_a_base_url_that_is_no_http_url_is_refused(base_url: str) -> None:
         AsyncBanana2(KEY, base_url=base_url)
 
 
+@pytest.mark.parametrize(
+    "base_url",
+    ["https://user:hunter2secret@banana2api.com", "https://user@banana2api.com", "http://:pw@127.0.0.1:8000"],
+)
+def test_a_base_url_with_credentials_is_refused(base_url: str) -> None:
+    """Credentials in the base URL would replace the key as basic auth, and show in reprs: refused, unechoed."""
+    with pytest.raises(ConfigurationError, match="credentials") as caught:
+        AsyncBanana2(KEY, base_url=base_url)
+    assert "hunter2" not in str(caught.value)
+    assert not _leaks(str(caught.value))
+
+
 # -- the key and base URL from the environment ---------------------------------------------------
 
 
