@@ -86,6 +86,10 @@ class AsyncBanana2:
         http_client: An ``httpx.AsyncClient`` of your own (transport, proxies,
             HTTP/2). It is not closed by the client. Keep its connection pool
             at least ``max_concurrent_submits + max_concurrent_polls``.
+        transport: An httpx transport for the client's own httpx client,
+            instead of the default one: ``httpx.AsyncHTTPTransport(http2=True)``,
+            a mock, a simulator's. It is closed with the client. Not with
+            ``http_client``.
         timeout: httpx timeouts of each request.
         max_retries: How often a request is retried where retrying is safe.
         max_concurrent_submits: Submits in flight at once; more wait in line.
@@ -114,6 +118,7 @@ class AsyncBanana2:
         poll_interval: float | tuple[float, float] = (2.0, 3.0),
         wait_timeout: float | None = DEFAULT_WAIT_TIMEOUT,
         http_client: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         max_retries: int = 3,
         max_concurrent_submits: int = 16,
@@ -159,6 +164,7 @@ class AsyncBanana2:
             api_key=key.strip(),
             base_url=url,
             http_client=http_client,
+            transport=transport,
             timeout=timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout),
             max_retries=max_retries,
             max_in_flight=submits + polls,

@@ -16,6 +16,7 @@ import re
 import time
 from collections.abc import AsyncGenerator, Iterator
 from typing import TYPE_CHECKING, Any, Final, NoReturn, Protocol, cast
+from urllib.request import getproxies
 
 import anyio
 import httpx
@@ -112,6 +113,12 @@ _TIMEOUT_KINDS: Final[dict[type[httpx.TimeoutException], Failure]] = {
 }
 
 
+def _proxied_by_environment() -> bool:
+    """Whether httpx would route a client of its own through a proxy named in the environment."""
+    found = getproxies()
+    return any(found.get(scheme) for scheme in ("http", "https", "all"))
+
+
 def _translate(exc: httpx.HTTPError, method: str, path: str) -> Banana2Error:
     """The error of the tree that stands for one of httpx's exceptions."""
     if isinstance(exc, httpx.TimeoutException):
@@ -158,6 +165,7 @@ class Wire:
 
     __slots__ = (
         "_client",
+        "_direct",
         "_gate",
         "_generate_url",
         "_headers",
@@ -180,6 +188,7 @@ class Wire:
         api_key: str,
         base_url: httpx.URL,
         http_client: httpx.AsyncClient | None,
+        transport: httpx.AsyncBaseTransport | None = None,
         timeout: httpx.Timeout,
         max_retries: int,
         max_in_flight: int,
@@ -203,10 +212,19 @@ class Wire:
             "User-Agent": USER_AGENT,
         }
         self._owns_client = http_client is None
-        self._client = http_client or httpx.AsyncClient(
-            timeout=timeout,
-            limits=httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight),
-        )
+        # The transport this wire's own client sends through, which polls may go to directly (see `_direct_to`).
+        self._direct: httpx.AsyncBaseTransport | None = None
+        if http_client is not None:
+            if transport is not None:
+                raise ConfigurationError("pass http_client or transport, not both: a transport is for the SDK's client")
+            self._client = http_client
+        else:
+            limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
+            if transport is None and not _proxied_by_environment():
+                # What httpx would build itself; made here so that polls can reach it.
+                transport = httpx.AsyncHTTPTransport(limits=limits)
+            self._client = httpx.AsyncClient(timeout=timeout, limits=limits, transport=transport)
+            self._direct = transport
         self._timeout = timeout
         self._max_retries = max_retries
         self._retry_uncertain = retry_uncertain_submits
@@ -245,7 +263,11 @@ class Wire:
                 # context manager costs a poll a few microseconds.
                 try:
                     with anyio.CancelScope(shield=True) if shielded else _NO_SCOPE:
-                        response = await self._client.send(request, stream=True, follow_redirects=True)
+                        direct = self._direct_to(request)
+                        if direct is None:
+                            response = await self._client.send(request, stream=True, follow_redirects=True)
+                        else:
+                            response = await self._send_direct(direct, request)
                         try:
                             content = await self._read_capped(response)
                         finally:
@@ -265,6 +287,42 @@ class Wire:
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s %s -> %d in %.1f ms", request.method, path, response.status_code, _ms_since(started))
         return response.status_code, content, response.headers
+
+    def _direct_to(self, request: httpx.Request) -> httpx.AsyncBaseTransport | None:
+        """The transport a GET may be handed to directly, skipping ``client.send``; else ``None``.
+
+        That path costs a poll more than half its CPU: per request it finds the
+        transport for the URL, runs the auth flow and redirect loop, wraps the
+        stream and asks the cookie jar about the answer. A client this wire
+        built has one transport and no auth; while it also has no cookies, no
+        params and no event hooks (its `http_client` is public and may have
+        been given some), the only parts of that path a GET needs are the
+        redirects and the cookies an answer sets, which `_send_direct` hands
+        back to the client. A caller's client is always used as it is.
+        """
+        direct = self._direct
+        if direct is None or request.method != "GET":
+            return None
+        client = self._client
+        if client.cookies or client.params or client.auth is not None or client.is_closed:
+            return None
+        hooks = client.event_hooks
+        if hooks["request"] or hooks["response"]:
+            return None
+        return direct
+
+    async def _send_direct(self, transport: httpx.AsyncBaseTransport, request: httpx.Request) -> httpx.Response:
+        """``client.send(request, stream=True, follow_redirects=True)`` for a GET, by way of ``transport``."""
+        response = await transport.handle_async_request(request)
+        response.request = request
+        if "set-cookie" in response.headers:
+            # Kept as the client keeps them; with a cookie in its jar, later requests go through the client.
+            self._client.cookies.extract_cookies(response)
+        if response.has_redirect_location:
+            # Rare for an API answer: the client follows it from the start (a GET is safe to send again).
+            await response.aclose()
+            response = await self._client.send(request, stream=True, follow_redirects=True)
+        return response
 
     async def _read_capped(self, response: httpx.Response) -> bytes:
         declared = response.headers.get("content-length", "")

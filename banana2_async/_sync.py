@@ -123,6 +123,8 @@ class Banana2:
         wait_timeout: Default deadline of a handle in seconds; ``None`` for none.
         http_client: An ``httpx.AsyncClient`` of your own; it is used on the
             background thread's loop only and is not closed by the client.
+        transport: An httpx transport for the client's own httpx client; it
+            is used on the background thread's loop and closed with the client.
         timeout: httpx timeouts of each request.
         max_retries: How often a request is retried where retrying is safe.
         max_concurrent_submits: Submits in flight at once; more wait in line.
@@ -151,6 +153,7 @@ class Banana2:
         poll_interval: float | tuple[float, float] = (2.0, 3.0),
         wait_timeout: float | None = DEFAULT_WAIT_TIMEOUT,
         http_client: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         max_retries: int = 3,
         max_concurrent_submits: int = 16,
@@ -167,6 +170,7 @@ class Banana2:
             "poll_interval": poll_interval,
             "wait_timeout": wait_timeout,
             "http_client": http_client,
+            "transport": transport,
             "timeout": timeout,
             "max_retries": max_retries,
             "max_concurrent_submits": max_concurrent_submits,

@@ -8,15 +8,19 @@ full path it stands in for.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator, Generator
 from typing import Any
 
+import anyio
+import anyio.abc
 import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from banana2_async import APIResponseError, APIStatusError, AsyncBanana2, TaskInfo
+from banana2_async import APIResponseError, APIStatusError, AsyncBanana2, ConfigurationError, TaskInfo
 from banana2_async._envelope import CHECKED_FIELDS, decode_envelope, ok_envelope, plainly_running
 from banana2_async._models import parse_task
 
@@ -115,18 +119,35 @@ def _without_cookie(request: httpx.Request) -> list[tuple[bytes, bytes]]:
     return [(name, value) for name, value in request.headers.raw if name.lower() != b"cookie"]
 
 
+@contextlib.asynccontextmanager
+async def _connected(recorder: _Recorder, *, own: bool) -> AsyncIterator[tuple[AsyncBanana2, httpx.AsyncClient]]:
+    """The SDK over ``recorder``, with an httpx client of its own (``own``) or of the caller's; ``X-Trace: on``."""
+    transport = httpx.MockTransport(recorder)
+    if own:
+        async with AsyncBanana2(api_key=KEY, base_url=f"{BASE}/v2/", transport=transport) as client:
+            client.http_client.headers["X-Trace"] = "on"
+            yield client, client.http_client
+        return
+    async with (
+        httpx.AsyncClient(transport=transport, headers={"X-Trace": "on"}) as http,
+        AsyncBanana2(api_key=KEY, base_url=f"{BASE}/v2/", http_client=http) as client,
+    ):
+        yield client, http
+
+
 @pytest.mark.anyio
+@pytest.mark.parametrize("own", [False, True], ids=["callers-client", "own-client"])
 @pytest.mark.parametrize(
     "task_id",
     ["n82abc123def456nb2", "a b", "ä/ü?&=#", "50%25off", "x+y", "..", "~tilde-_.", "%zz", "a\u2603"],
 )
-async def test_a_poll_sends_what_build_request_would(task_id: str) -> None:
-    """Without cookies or params on the client, a poll's URL and headers are build_request's, byte for byte."""
+async def test_a_poll_sends_what_build_request_would(task_id: str, own: bool) -> None:
+    """Without cookies or params on the client, a poll's URL and headers are build_request's, byte for byte.
+
+    With the SDK's own client that poll goes straight to the transport; with a cookie, through ``client.send``.
+    """
     recorder = _Recorder()
-    async with (
-        httpx.AsyncClient(transport=httpx.MockTransport(recorder), headers={"X-Trace": "on"}) as http,
-        AsyncBanana2(api_key=KEY, base_url=f"{BASE}/v2/", http_client=http) as client,
-    ):
+    async with _connected(recorder, own=own) as (client, http):
         await client.status(task_id)  # no cookie yet: the template
         http.cookies.set("session", "s1", domain="banana2api.com")
         await client.status(task_id)  # a cookie: build_request itself
@@ -143,10 +164,7 @@ async def test_a_poll_sends_what_build_request_would(task_id: str) -> None:
 async def test_a_submit_sends_what_build_request_would(prompt: str) -> None:
     """Without cookies or params on the client, a submit's URL, headers and body are build_request's."""
     recorder = _Recorder()
-    async with (
-        httpx.AsyncClient(transport=httpx.MockTransport(recorder), headers={"X-Trace": "on"}) as http,
-        AsyncBanana2(api_key=KEY, base_url=f"{BASE}/v2/", http_client=http) as client,
-    ):
+    async with _connected(recorder, own=False) as (client, http):
         options: dict[str, Any] = {"images": ["https://example.com/a.png"], "aspect_ratio": "16:9"}
         await client.submit(prompt, **options)  # no cookie yet: the template
         http.cookies.set("session", "s1", domain="banana2api.com")
@@ -179,3 +197,139 @@ async def test_a_poll_follows_changes_to_the_clients_headers_and_params() -> Non
     assert third.url.params["region"] == "eu"
     assert third.url.params["task_id"] == "t1"
     assert all(request.headers["authorization"] == f"Bearer {KEY}" for request in recorder.requests)
+
+
+# -- the SDK's own client: polls go straight to its transport -----------------------------------------
+
+_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+class _Stamp(httpx.Auth):
+    """An auth flow that marks each request it signs."""
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["X-Signed"] = "yes"
+        yield request
+
+
+@pytest.mark.anyio
+async def test_a_transport_and_an_http_client_together_are_refused() -> None:
+    """``transport`` is for the SDK's own httpx client; with a caller's client it has no meaning."""
+    async with httpx.AsyncClient() as http:
+        with pytest.raises(ConfigurationError, match="not both"):
+            AsyncBanana2(api_key=KEY, base_url=BASE, http_client=http, transport=httpx.MockTransport(_Recorder()))
+
+
+@pytest.mark.anyio
+async def test_the_given_transport_carries_every_request_and_closes_with_the_client() -> None:
+    """Submits and polls go through the given transport; closing the client closes it."""
+    closed: list[bool] = []
+
+    class Closing(httpx.MockTransport):
+        async def aclose(self) -> None:
+            closed.append(True)
+
+    recorder = _Recorder()
+    async with AsyncBanana2(api_key=KEY, base_url=BASE, transport=Closing(recorder)) as client:
+        await client.submit("a cat")
+        await client.status("t1")
+        assert not closed
+    assert [request.method for request in recorder.requests] == ["POST", "GET"]
+    assert closed == [True]
+
+
+@pytest.mark.anyio
+async def test_a_cookie_a_poll_answer_sets_is_kept_and_sent_back() -> None:
+    """A poll sent straight to the transport keeps the cookie its answer sets, as ``client.send`` would."""
+    requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        cookie = {"set-cookie": "node=7; Path=/"} if len(requests) == 1 else {}
+        return httpx.Response(200, json=_ANSWER, headers=cookie)
+
+    async with AsyncBanana2(api_key=KEY, base_url=BASE, transport=httpx.MockTransport(handler)) as client:
+        await client.status("t1")
+        await client.status("t1")
+        await client.submit("a cat")
+        assert client.http_client.cookies["node"] == "7"
+    first, second, submit = requests
+    assert "cookie" not in first.headers
+    assert second.headers["cookie"] == "node=7"
+    assert submit.headers["cookie"] == "node=7"
+
+
+@pytest.mark.anyio
+async def test_what_is_set_on_the_sdks_own_client_reaches_every_poll() -> None:
+    """Headers, params, auth and event hooks given to ``client.http_client`` apply to polls and to the poller's."""
+    recorder = _Recorder()
+    hooked: list[str] = []
+    polled = anyio.Event()
+
+    async def on_request(request: httpx.Request) -> None:
+        hooked.append(f"request {request.url.params['task_id']}")
+
+    async def on_response(response: httpx.Response) -> None:
+        hooked.append(f"response {response.status_code}")
+        if response.request.url.params["task_id"] == "t5":
+            polled.set()
+
+    async with AsyncBanana2(
+        api_key=KEY, base_url=BASE, transport=httpx.MockTransport(recorder), poll_interval=0.01
+    ) as client:
+        http = client.http_client
+        http.headers["X-Trace"] = "on"
+        await client.status("t1")
+        http.params = httpx.QueryParams({"region": "eu"})
+        await client.status("t2")
+        http.params = httpx.QueryParams()
+        http.event_hooks = {"request": [on_request], "response": [on_response]}
+        await client.status("t3")
+        client.track("t5")  # settled when the client closes
+        with anyio.fail_after(5):
+            await polled.wait()
+        http.auth = _Stamp()
+        await client.status("t4")
+    first, second, third, by_the_poller, fourth = recorder.requests[:5]
+    assert all(request.headers["x-trace"] == "on" for request in recorder.requests)
+    assert "region" not in first.url.params
+    assert second.url.params["region"] == "eu"
+    assert "region" not in third.url.params
+    assert hooked[:4] == ["request t3", "response 200", "request t5", "response 200"]
+    assert "x-signed" not in third.headers
+    assert fourth.url.params["task_id"] == "t4"
+    assert fourth.headers["x-signed"] == "yes"
+    assert by_the_poller.url.params["task_id"] == "t5"
+
+
+@pytest.mark.anyio
+async def test_a_proxy_from_the_environment_carries_the_sdks_own_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a proxy in the environment, the SDK's own client sends polls through it, as httpx would."""
+    for name in _PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    body = json.dumps({"code": 200, "data": {"task_id": "t1", "status": "IN_PROGRESS"}}).encode()
+    request_lines: list[bytes] = []
+
+    async def proxy(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += await stream.receive()
+            request_lines.append(received.split(b"\r\n", 1)[0])
+            head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            await stream.send(head.encode() + body)
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+    async with listener, anyio.create_task_group() as tasks:
+        tasks.start_soon(listener.serve, proxy)
+        async with AsyncBanana2(
+            api_key=KEY, base_url="http://api.banana2.invalid", allow_insecure_http=True, max_retries=0
+        ) as client:
+            with anyio.fail_after(5):
+                info = await client.status("t1")
+        tasks.cancel_scope.cancel()
+    assert info.status == "IN_PROGRESS"
+    assert request_lines == [b"GET http://api.banana2.invalid/api/status?task_id=t1 HTTP/1.1"]

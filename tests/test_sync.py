@@ -112,6 +112,20 @@ def test_status_is_one_request_without_polling(client: Banana2, banana2_simulato
     assert banana2_simulator.stats.count("status") == 1
 
 
+def test_a_transport_carries_the_clients_own_requests(banana2_simulator: Simulator, backend: str) -> None:
+    """``transport=`` is what the client's own httpx client sends through, on the background loop."""
+    with Banana2(
+        api_key=banana2_simulator.api_key,
+        base_url=banana2_simulator.base_url,
+        transport=banana2_simulator.transport(),
+        poll_interval=FAST_POLLS,
+        backend=backend,  # type: ignore[arg-type]
+    ) as client:
+        assert client.generate("a fox over a transport").images
+    assert banana2_simulator.stats.count("generate") == 1
+    assert banana2_simulator.stats.count("status") >= 1
+
+
 def test_track_follows_an_existing_task(client: Banana2, banana2_simulator: Simulator) -> None:
     """track attaches the shared poller to a task id submitted elsewhere."""
     with connect(banana2_simulator) as other:

@@ -6,8 +6,6 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 if TYPE_CHECKING:
     from banana2_async._client import AsyncBanana2
 
@@ -52,8 +50,5 @@ async def connect(simulator: Simulator, base_url: str | None = None, **options: 
         async with AsyncBanana2(base_url=base_url, **options) as client:
             yield client
         return
-    async with (
-        httpx.AsyncClient(transport=simulator.transport()) as http_client,
-        AsyncBanana2(base_url=simulator.base_url, http_client=http_client, **options) as client,
-    ):
+    async with AsyncBanana2(base_url=simulator.base_url, transport=simulator.transport(), **options) as client:
         yield client
