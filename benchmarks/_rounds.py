@@ -188,11 +188,12 @@ async def _drive(
     )
 
 
-def _sdk_client(http: httpx.AsyncClient, config: B1Config, seed: int) -> AsyncBanana2:
+def _sdk_client(table: TaskTable, config: B1Config, seed: int) -> AsyncBanana2:
+    """The SDK as it is used by default: with an httpx client of its own, around the table's transport."""
     return AsyncBanana2(
         api_key=API_KEY,
         base_url=BASE_URL,
-        http_client=http,
+        transport=TableTransport(table),
         poll_interval=config.poll_interval,
         seed=seed,
     )
@@ -206,10 +207,7 @@ async def _sdk_round(table: TaskTable, config: B1Config, calibration: float) -> 
     def settled(handle: TaskHandle) -> None:
         table.resolve(table.index[handle.task_id], time.monotonic())
 
-    async with (
-        httpx.AsyncClient(transport=TableTransport(table)) as http,
-        _sdk_client(http, config, seed) as client,
-    ):
+    async with _sdk_client(table, config, seed) as client:
         attach = client.poller.attach
 
         def register(index: int, now: float) -> None:
@@ -306,18 +304,15 @@ async def _memory(kind: Kind, n: int, config: B1Config) -> float:
     # Tasks that never finish; one more (the last) warms each path up before measuring.
     table = TaskTable(n + 1, durations=(1e9, 1e9), interval=config.poll_interval, ramp=0.0, seed=_SEED)
     held: list[object] = []
+    if kind == "sdk":
+        async with _sdk_client(table, config, _SEED) as client:
+            await client.status(table.ids[n])
+
+            def register(index: int) -> None:
+                held.append(client.poller.attach(table.ids[index], wait_timeout=600.0))
+
+            return await _measure(table, n, register, config)
     async with httpx.AsyncClient(transport=TableTransport(table)) as http:
-        if kind == "sdk":
-            client = await _sdk_client(http, config, _SEED).__aenter__()
-            try:
-                await client.status(table.ids[n])
-
-                def register(index: int) -> None:
-                    held.append(client.poller.attach(table.ids[index], wait_timeout=600.0))
-
-                return await _measure(table, n, register, config)
-            finally:
-                await client.__aexit__(None, None, None)
         rng = random.Random(_SEED)
         wait_for = _baseline_waiter(table, http, config.poll_interval, rng)
         await http.get(STATUS_URL, params={"task_id": table.ids[n]}, headers=HEADERS)

@@ -161,7 +161,7 @@ async def _b2_in_process(config: WireConfig) -> tuple[list[float], list[float]]:
     table.register(0, time.monotonic())
     async with (
         httpx.AsyncClient(transport=TableTransport(table)) as http,
-        AsyncBanana2(api_key=API_KEY, base_url=BASE_URL, http_client=http) as client,
+        AsyncBanana2(api_key=API_KEY, base_url=BASE_URL, transport=TableTransport(table)) as client,
     ):
         return await _compare_polls(
             client,
