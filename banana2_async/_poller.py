@@ -75,9 +75,10 @@ class Throttle:
 
 
 class _Entry:
-    __slots__ = ("handles", "last_error", "registered_at")
+    __slots__ = ("handles", "last_error", "registered_at", "task_id")
 
-    def __init__(self, registered_at: float, handle: TaskHandle) -> None:
+    def __init__(self, task_id: str, registered_at: float, handle: TaskHandle) -> None:
+        self.task_id = task_id
         self.handles: list[TaskHandle] = [handle]
         self.registered_at = registered_at
         self.last_error: BaseException | None = None
@@ -125,8 +126,9 @@ class Poller:
         self._schedule: PollSchedule[str] = PollSchedule(interval, rng)
         self._deadlines: TimerHeap[TaskHandle] = TimerHeap()
         self._entries: dict[str, _Entry] = {}
-        # Due task ids, oldest first, and the events of the workers waiting for one.
-        self._due: deque[str] = deque()
+        # The entries of due tasks, oldest first, and the events of the workers waiting for one. An entry,
+        # not an id: a task released and tracked again while in line has a new entry, due one interval on.
+        self._due: deque[_Entry] = deque()
         self._idle: list[anyio.Event] = []
         # Polls due within this window are sent together: fewer wake-ups, a few ms of slip.
         self._coalesce = min(0.01, interval[0] / 10)
@@ -179,7 +181,8 @@ class Poller:
         entry = self._entries.get(handle.task_id)
         if entry is None:
             # A 404 is forgiven only right after a submit: a tracked task is one the server has.
-            entry = self._entries[handle.task_id] = _Entry(now if handle.request is not None else -math.inf, handle)
+            registered_at = now if handle.request is not None else -math.inf
+            entry = self._entries[handle.task_id] = _Entry(handle.task_id, registered_at, handle)
             self._wake_by(self._schedule.add(handle.task_id, now, immediately=immediately))
         else:
             entry.handles.append(handle)
@@ -258,14 +261,14 @@ class Poller:
             await self._dispatch()
 
     async def _dispatch(self) -> None:
-        schedule, deadlines, due = self._schedule, self._deadlines, self._due
+        schedule, deadlines, due, entries = self._schedule, self._deadlines, self._due, self._entries
         while not self._closed:
             now = anyio.current_time()
             for handle in deadlines.pop_due(now):
                 self._expire(handle)
             paused = self._throttle.pause_remaining()
             if paused <= 0:
-                due.extend(schedule.pop_due(now))
+                due.extend(entry for task_id in schedule.pop_due(now) if (entry := entries.get(task_id)) is not None)
                 self._wake_workers(len(due))
             wake = math.inf
             next_poll = schedule.next_time()
@@ -300,9 +303,9 @@ class Poller:
                 idle.append(ready)
                 await ready.wait()
                 continue
-            task_id = due.popleft()
-            if task_id in entries:
-                await self._poll(task_id)
+            entry = due.popleft()
+            if entries.get(entry.task_id) is entry:
+                await self._poll(entry.task_id)
                 # Other tasks get their turn between polls, also with a transport that never waits.
                 await anyio.lowlevel.checkpoint()
 

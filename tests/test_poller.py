@@ -681,6 +681,28 @@ async def test_a_handle_released_while_its_poll_is_in_flight_resumes_cleanly() -
     assert fake.max_in_flight_by_kind["status"] == 1
 
 
+async def test_a_task_released_while_waiting_for_a_worker_is_not_polled_early_when_awaited_again() -> None:
+    """A due poll still in line when its last waiter leaves is dropped: awaiting again starts a fresh interval."""
+    fake = FakeAPI(running_forever)
+    fake.gate = anyio.Event()
+    async with open_client(fake, poll_interval=60.0, max_concurrent_polls=1, wait_timeout=None) as client:
+        client.track("busy")  # polled at once, and held: the one worker is busy
+        await wait_until(lambda: fake.in_flight_by_kind["status"] == 1)
+        handle = client.track("t")  # due at once too: in line for the worker
+        await anyio.sleep(0.01)
+        with anyio.move_on_after(0.01):
+            await handle
+        async with anyio.create_task_group() as group:
+            group.start_soon(handle.result)
+            await wait_until(lambda: handle.waiting)
+            fake.gate.set()
+            await wait_until(lambda: fake.in_flight_by_kind["status"] == 0)
+            await anyio.sleep(0.01)  # the worker is free to take whatever is in line
+            assert fake.polls["t"] == 0
+            group.cancel_scope.cancel()
+        assert len(client.poller) == 1  # "busy" only: "t" was released again
+
+
 async def test_a_released_handle_on_a_shared_task_does_not_stop_it() -> None:
     """A handle whose waiter left stops nothing while another handle of the task is still watched."""
     fake = FakeAPI(running_forever)
