@@ -294,17 +294,18 @@ class Wire:
         That path costs a poll more than half its CPU: per request it finds the
         transport for the URL, runs the auth flow and redirect loop, wraps the
         stream and asks the cookie jar about the answer. A client this wire
-        built has one transport and no auth; while it also has no cookies, no
-        params and no event hooks (its `http_client` is public and may have
-        been given some), the only parts of that path a GET needs are the
-        redirects and the cookies an answer sets, which `_send_direct` hands
-        back to the client. A caller's client is always used as it is.
+        built has one transport; the request already carries the client's
+        headers, params and cookies (`_template` or ``build_request``). While
+        the client also has no auth and no event hooks (its `http_client` is
+        public and may be given some), the only parts of that path a GET needs
+        are the redirects and the cookies an answer sets, which `_send_direct`
+        hands back to the client. A caller's client is always used as it is.
         """
         direct = self._direct
         if direct is None or request.method != "GET":
             return None
         client = self._client
-        if client.cookies or client.params or client.auth is not None or client.is_closed:
+        if client.auth is not None or client.is_closed:
             return None
         hooks = client.event_hooks
         if hooks["request"] or hooks["response"]:
@@ -316,7 +317,7 @@ class Wire:
         response = await transport.handle_async_request(request)
         response.request = request
         if "set-cookie" in response.headers:
-            # Kept as the client keeps them; with a cookie in its jar, later requests go through the client.
+            # Kept as the client keeps them: later requests are built with them (see `_template`).
             self._client.cookies.extract_cookies(response)
         if response.has_redirect_location:
             # Rare for an API answer: the client follows it from the start (a GET is safe to send again).

@@ -144,7 +144,7 @@ async def _connected(recorder: _Recorder, *, own: bool) -> AsyncIterator[tuple[A
 async def test_a_poll_sends_what_build_request_would(task_id: str, own: bool) -> None:
     """Without cookies or params on the client, a poll's URL and headers are build_request's, byte for byte.
 
-    With the SDK's own client that poll goes straight to the transport; with a cookie, through ``client.send``.
+    With the SDK's own client both polls go straight to the transport, the second built by ``build_request``.
     """
     recorder = _Recorder()
     async with _connected(recorder, own=own) as (client, http):
