@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from ._exceptions import ClientClosedError as ClientClosedError
     from ._exceptions import ConfigurationError as ConfigurationError
     from ._exceptions import DownloadError as DownloadError
+    from ._exceptions import EmptyResultError as EmptyResultError
     from ._exceptions import InsufficientCreditsError as InsufficientCreditsError
     from ._exceptions import InternalServerError as InternalServerError
     from ._exceptions import InvalidRequestError as InvalidRequestError
@@ -71,6 +72,7 @@ _MODULES: dict[str, str] = {
     "ClientClosedError": "._exceptions",
     "ConfigurationError": "._exceptions",
     "DownloadError": "._exceptions",
+    "EmptyResultError": "._exceptions",
     "InsufficientCreditsError": "._exceptions",
     "InternalServerError": "._exceptions",
     "InvalidRequestError": "._exceptions",
@@ -114,6 +116,7 @@ __all__ = [
     "ClientClosedError",
     "ConfigurationError",
     "DownloadError",
+    "EmptyResultError",
     "GenerationRequest",
     "GenerationResult",
     "InsufficientCreditsError",

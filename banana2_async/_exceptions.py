@@ -19,6 +19,7 @@ Every error derives from one root::
     │   └── InternalServerError       5xx
     ├── TaskError                     task_id
     │   ├── TaskFailedError           the server says the task failed
+    │   │   └── EmptyResultError      "success" with no usable image URL
     │   ├── TaskTimeoutError          our deadline passed; the task may still finish
     │   └── ClientClosedError         the client closed while the task was pending
     ├── JournalError                  a bulk run's journal is corrupt, in use, or of another job
@@ -47,6 +48,7 @@ __all__ = [
     "ClientClosedError",
     "ConfigurationError",
     "DownloadError",
+    "EmptyResultError",
     "InsufficientCreditsError",
     "InternalServerError",
     "InvalidRequestError",
@@ -208,6 +210,21 @@ class TaskFailedError(TaskError):
     def __init__(self, message: str, *, task_id: str, status: str = "FAILED") -> None:
         super().__init__(message, task_id=task_id)
         self.status = status
+
+
+class EmptyResultError(TaskFailedError):
+    """The server reported success but gave no usable image URL.
+
+    ``response`` was missing, null, empty, or held no http(s) URL. The task
+    may have been charged for all the same: ``consumed_credits`` is what the
+    server reported, if anything.
+    """
+
+    def __init__(
+        self, message: str, *, task_id: str, status: str = "SUCCESS", consumed_credits: int | None = None
+    ) -> None:
+        super().__init__(message, task_id=task_id, status=status)
+        self.consumed_credits = consumed_credits
 
 
 class TaskTimeoutError(TaskError):

@@ -34,6 +34,7 @@ PUBLIC = [
     "ClientClosedError",
     "ConfigurationError",
     "DownloadError",
+    "EmptyResultError",
     "GenerationRequest",
     "GenerationResult",
     "InsufficientCreditsError",
