@@ -9,6 +9,7 @@ layer loads without the model machinery; `_models` builds the models.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, Final, Literal
 
@@ -20,6 +21,7 @@ __all__ = [
     "TaskState",
     "classify_status",
     "decode_envelope",
+    "load_json",
     "message_text",
     "ok_envelope",
     "plainly_running",
@@ -34,6 +36,14 @@ _RUNNING: Final = frozenset(
 )
 _MESSAGE_LIMIT: Final = 500
 EXCERPT_LIMIT: Final = 200
+# An error keeps the parsed body of an answer up to this size; a larger one only as an excerpt.
+MAX_KEPT_BODY: Final = 4096
+# A JSON escape of a surrogate: where one may stand alone, the decoded text is not valid Unicode.
+_SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+_LONE_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+# The envelope's ``code`` when it is there but no status code (``true``, ``"²⁰⁰"``, 5,000 digits, ...).
+_GARBLED: Final = -1
+_MISSING: Final = object()
 
 
 def classify_status(status: object) -> TaskState:
@@ -64,13 +74,57 @@ def _excerpt(content: bytes) -> str:
 
 
 def _as_code(value: object) -> int | None:
-    if isinstance(value, bool):
+    """The envelope's ``code`` as a status code; ``None`` when absent, `_GARBLED` when no status code."""
+    if value is _MISSING:
         return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None
+    if type(value) is int:
+        return value if 100 <= value <= 999 else _GARBLED
+    if type(value) is float:
+        return int(value) if value.is_integer() and 100 <= value <= 999 else _GARBLED
+    if isinstance(value, str):
+        text = value.strip()
+        if len(text) == 3 and text.isascii() and text.isdigit() and text[0] != "0":
+            return int(text)
+    return _GARBLED
+
+
+def _valid_text(value: str) -> str:
+    return _LONE_SURROGATE.sub("\ufffd", value)
+
+
+def _without_lone_surrogates(document: Any) -> Any:
+    """``document`` with every lone surrogate in its strings (keys too) replaced by U+FFFD.
+
+    Such a string is a valid ``str`` but no UTF-8: it could be neither
+    logged, printed, stored nor put in a URL.
+    """
+    if isinstance(document, str):
+        return _valid_text(document)
+    root: list[Any] = [document]
+    stack: list[tuple[Any, Any]] = [(root, 0)]
+    while stack:
+        container, key = stack.pop()
+        value = container[key]
+        if isinstance(value, str):
+            container[key] = _valid_text(value)
+        elif isinstance(value, list):
+            stack.extend((value, index) for index in range(len(value)))
+        elif isinstance(value, dict):
+            if any(isinstance(name, str) and _LONE_SURROGATE.search(name) for name in value):
+                value = container[key] = {_valid_text(name): item for name, item in value.items()}
+            stack.extend((value, name) for name in value)
+    return root[0]
+
+
+def load_json(content: bytes) -> Any:
+    """``json.loads``, with lone surrogates (a JSON ``"\\ud800"``) made U+FFFD.
+
+    Raises `ValueError` (or `RecursionError`) for a body that is not JSON.
+    """
+    document = json.loads(content)
+    if _SURROGATE_ESCAPE.search(content):
+        document = _without_lone_surrogates(document)
+    return document
 
 
 def ok_envelope(content: bytes) -> dict[str, Any] | None:
@@ -82,15 +136,15 @@ def ok_envelope(content: bytes) -> dict[str, Any] | None:
     path; for ``None``, `decode_envelope` says what is wrong.
     """
     try:
-        body: Any = json.loads(content)
+        body: Any = load_json(content)
     except (ValueError, RecursionError):
         return None
     if type(body) is not dict or not isinstance(body.get("data"), dict):
         return None
-    code = body.get("code")
-    if code is not None and code != 200:
+    code = body.get("code", _MISSING)
+    if code != 200:
         parsed = _as_code(code)
-        if parsed is not None and parsed >= 300:
+        if parsed is not None and not 100 <= parsed < 300:
             return None
     return body
 
@@ -110,7 +164,7 @@ def decode_envelope(
     `APIResponseError` with an excerpt.
     """
     try:
-        body: Any = json.loads(content)
+        body: Any = load_json(content)
     except (ValueError, RecursionError):
         body = None
         if status_code >= 400:
@@ -122,16 +176,23 @@ def decode_envelope(
             excerpt=_excerpt(content),
         ) from None
 
+    kept = body if len(content) <= MAX_KEPT_BODY else None
     if not isinstance(body, dict):
         if status_code >= 400:
-            raise error_for_status(status_code, f"HTTP {status_code}", body=body, request_id=request_id)
+            raise error_for_status(status_code, f"HTTP {status_code}", body=kept, request_id=request_id)
         raise APIResponseError(
             "the server's answer is not the documented envelope (a JSON object)",
             status_code=status_code,
             excerpt=_excerpt(content),
         )
 
-    code = _as_code(body.get("code"))
+    code = _as_code(body.get("code", _MISSING))
+    if code == _GARBLED and status_code < 300:
+        raise APIResponseError(
+            f"the envelope's code is not a status code: {_excerpt(json.dumps(body.get('code'))[:60].encode())}",
+            status_code=status_code,
+            excerpt=_excerpt(content),
+        )
     error_code = status_code if status_code >= 300 else (code if code is not None and code >= 300 else None)
     if error_code is not None:
         data = body.get("data")
@@ -142,7 +203,7 @@ def decode_envelope(
             or (message_text(data.get("error")) if isinstance(data, dict) else None)
             or f"HTTP {error_code}"
         )
-        raise error_for_status(error_code, message, body=body, request_id=request_id, retry_after=retry_after)
+        raise error_for_status(error_code, message, body=kept, request_id=request_id, retry_after=retry_after)
 
     if not isinstance(body.get("data"), dict):
         raise APIResponseError(
@@ -173,7 +234,7 @@ def plainly_running(data: Mapping[str, Any], task_id: str) -> bool:
     if classify_status(data.get("status")) != "running":
         return False
     answered = data.get("task_id")
-    if isinstance(answered, str) and answered and answered != task_id:
+    if answered is not None and answered != "" and answered != task_id:
         return False
     for key, value in data.items():
         if value is None or key not in CHECKED_FIELDS:

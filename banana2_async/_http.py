@@ -32,6 +32,7 @@ from ._exceptions import (
     RateLimitError,
     SubmissionUncertainError,
 )
+from ._secret import Secret
 from ._retry import Failure, backoff, outcome_of, retry_after_seconds, status_decision, submit_decision
 from ._version import __version__
 
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     # The models (and pydantic's model machinery) load with the first answer that needs one.
     from ._models import GenerationRequest, SubmitAccepted, TaskInfo
 
-__all__ = ["DEFAULT_BASE_URL", "DEFAULT_TIMEOUT", "Gate", "Wire", "check_base_url"]
+__all__ = ["DEFAULT_BASE_URL", "DEFAULT_REQUEST_TIMEOUT", "DEFAULT_TIMEOUT", "Gate", "Wire", "check_base_url"]
 
 logger = logging.getLogger("banana2_async")
 
@@ -47,8 +48,10 @@ DEFAULT_BASE_URL: Final = "https://banana2api.com"
 DEFAULT_TIMEOUT: Final = httpx.Timeout(30.0, connect=10.0)
 MAX_BODY_BYTES: Final = 4 * 1024 * 1024
 USER_AGENT: Final = f"banana2-async/{__version__}"
-REDACTED: Final = b"[redacted]"
-_MIN_REDACTED: Final = 8
+# The most one request may take, from sending to the last byte of its answer (``request_timeout``).
+DEFAULT_REQUEST_TIMEOUT: Final = 60.0
+# The longest request id an error keeps.
+MAX_REQUEST_ID: Final = 200
 
 _NO_SCOPE: Final = contextlib.nullcontext()
 # What a closed response's stream is swapped for (see `Wire._send`).
@@ -172,6 +175,7 @@ class Wire:
         "_max_retries",
         "_owns_client",
         "_retry_uncertain",
+        "_request_timeout",
         "_rng",
         "_secret",
         "_slots",
@@ -193,6 +197,7 @@ class Wire:
         max_retries: int,
         max_in_flight: int,
         retry_uncertain_submits: bool,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         gate: Gate | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -232,8 +237,9 @@ class Wire:
         self._slots = anyio.Semaphore(max_in_flight, fast_acquire=True)
         self._gate: Gate = gate or _OpenGate()
         self._rng = rng or random.Random()
-        # A server may echo the key in an error body; it is blanked out before the body is read.
-        self._secret = api_key.encode() if len(api_key) >= _MIN_REDACTED else None
+        self._request_timeout = request_timeout
+        # A server may echo the key, in any spelling; it is blanked out of every answer before it is read.
+        self._secret = Secret(api_key)
 
     @property
     def http_client(self) -> httpx.AsyncClient:
@@ -257,12 +263,12 @@ class Wire:
             started = time.perf_counter()
             try:
                 # Waiting for the gate and a slot sends nothing and may be cancelled; once a
-                # shielded request is on its way, its answer is awaited whatever happens to the caller.
-                # (An unshielded scope would do nothing: polls and status calls skip making one.)
+                # shielded request is on its way, its answer is awaited whatever happens to the caller,
+                # but never longer than the whole-request deadline, which holds for every request.
                 # httpx's errors are translated here, not with `_translated`: a generator-based
                 # context manager costs a poll a few microseconds.
-                try:
-                    with anyio.CancelScope(shield=True) if shielded else _NO_SCOPE:
+                with anyio.CancelScope(shield=shielded, deadline=anyio.current_time() + self._request_timeout) as scope:
+                    try:
                         direct = self._direct_to(request)
                         if direct is None:
                             response = await self._client.send(request, stream=True, follow_redirects=True)
@@ -275,8 +281,18 @@ class Wire:
                             # The response and its stream refer to each other: left so, every answer
                             # (request, URL, headers and all) waits for the cyclic garbage collector.
                             response.stream = _SPENT
-                except httpx.HTTPError as exc:
-                    raise _translate(exc, request.method, path) from exc
+                    except httpx.HTTPError as exc:
+                        error = _translate(exc, request.method, path)
+                        self._secret.redact_exception(exc)
+                        raise error from exc
+                if scope.cancelled_caught:
+                    raise APITimeoutError(
+                        f"{request.method} {path} took longer than the whole-request deadline "
+                        f"of {self._request_timeout:g} s (request_timeout)",
+                        kind=Failure.DEADLINE.value,
+                        method=request.method,
+                        path=path,
+                    )
             except Exception as exc:
                 if logger.isEnabledFor(logging.DEBUG):
                     failure = type(exc.__cause__ or exc).__name__
@@ -348,15 +364,13 @@ class Wire:
                     raise APIResponseError(
                         f"the answer is larger than {MAX_BODY_BYTES} bytes; not an API answer",
                         status_code=response.status_code,
-                        excerpt=self._redact(b"".join(chunks)[:1024])[:200].decode("utf-8", errors="replace"),
+                        excerpt=self._redact(b"".join(chunks)[:65536])[:200].decode("utf-8", errors="replace"),
                     )
                 chunks.append(chunk)
         return self._redact(b"".join(chunks))
 
     def _redact(self, content: bytes) -> bytes:
-        if self._secret is not None and self._secret in content:
-            return content.replace(self._secret, REDACTED)
-        return content
+        return self._secret.redact(content)
 
     async def _exchange(
         self, request: httpx.Request, *, gated: bool = True, shielded: bool = False
@@ -367,12 +381,11 @@ class Wire:
             if envelope is not None:
                 return status_code, envelope
         retry_after = retry_after_seconds(headers.get("retry-after"), now=time.time())
-        envelope = decode_envelope(
-            status_code,
-            content,
-            request_id=headers.get("x-request-id"),
-            retry_after=retry_after,
-        )
+        request_id = headers.get("x-request-id")
+        if request_id is not None:
+            # A header value is the server's to choose: it may echo the key, or be a page long.
+            request_id = self._secret.redact_text(request_id)[:MAX_REQUEST_ID]
+        envelope = decode_envelope(status_code, content, request_id=request_id, retry_after=retry_after)
         return status_code, envelope
 
     def _template(self, method: str, url: httpx.URL) -> tuple[httpx.Headers, dict[str, Any]] | None:

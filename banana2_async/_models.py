@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from ._envelope import EXCERPT_LIMIT, TaskState, classify_status, message_text
-from ._exceptions import APIResponseError, InvalidRequestError
+from ._exceptions import APIResponseError, EmptyResultError, InvalidRequestError
 from ._types import ASPECT_RATIOS, OUTPUT_FORMATS, RESOLUTIONS, AspectRatio, OutputFormat, Resolution, TaskType
+from ._validate import task_id_problem, url_problem
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -40,6 +41,8 @@ __all__ = [
     "parse_task",
 ]
 
+logger = logging.getLogger("banana2_async")
+
 MAX_PROMPT_LENGTH: Final = 5000
 MAX_IMAGES: Final = 14
 CREDITS: Final[Mapping[TaskType, int]] = {"text-to-image": 20, "edit": 24}
@@ -52,14 +55,6 @@ def _is_utf8(value: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def _is_http_url(value: str) -> bool:
-    try:
-        parts = urlsplit(value)
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and _is_utf8(value)
 
 
 class GenerationRequest(BaseModel):
@@ -130,8 +125,9 @@ class GenerationRequest(BaseModel):
         if len(value) > MAX_IMAGES:
             raise ValueError(f"images holds {len(value)} URLs; the API takes at most {MAX_IMAGES}")
         for index, url in enumerate(value):
-            if not isinstance(url, str) or not _is_http_url(url):
-                raise ValueError(f"images[{index}] is not an http(s) URL: {url!r:.80}")
+            problem = url_problem(url)
+            if problem is not None:
+                raise ValueError(f"images[{index}] {problem}: {ascii(url)[:80]}")
         return tuple(value)
 
     @field_validator("aspect_ratio", mode="before")
@@ -287,7 +283,18 @@ class GenerationResult(BaseModel):
 
     @classmethod
     def from_info(cls, info: TaskInfo) -> GenerationResult:
-        """The result of a task whose status is a success."""
+        """The result of a task whose status is a success.
+
+        Raises:
+            EmptyResultError: The answer holds no usable image URL.
+        """
+        if not info.images:
+            raise EmptyResultError(
+                f"task {info.task_id} was reported as {info.status} but with no usable image URL",
+                task_id=info.task_id,
+                status=str(info.status),
+                consumed_credits=info.consumed_credits,
+            )
         return cls(
             task_id=info.task_id,
             images=info.images,
@@ -299,15 +306,37 @@ class GenerationResult(BaseModel):
         )
 
 
+def _usable_urls(response: object, task_id: str) -> list[str]:
+    """The http(s) URLs in a status answer's ``response``; anything else in it is dropped, and logged."""
+    listed = response if isinstance(response, list) else [response]
+    urls = [item for item in listed if url_problem(item) is None]
+    if len(urls) != len(listed):
+        logger.warning(
+            "task %s: %d of the %d result URLs in the answer are not usable http(s) URLs; they are left out",
+            task_id,
+            len(listed) - len(urls),
+            len(listed),
+        )
+    return urls
+
+
 def parse_submit(envelope: dict[str, Any], *, status_code: int = 200) -> SubmitAccepted:
     """The accepted task in a checked ``POST /api/generate`` envelope."""
     data: dict[str, Any] = envelope["data"]
     task_id = data.get("task_id")
-    if not isinstance(task_id, str) or not task_id:
+    if task_id is None or task_id == "":
         raise APIResponseError(
             "the server accepted the task but sent no task_id",
             status_code=status_code,
             excerpt=json.dumps(data, default=str)[:EXCERPT_LIMIT],
+        )
+    problem = task_id_problem(task_id)
+    if problem is not None:
+        # Accepted, maybe charged, and impossible to poll: the caller must hear of it, with the id.
+        raise APIResponseError(
+            f"the server accepted the task but its task_id {problem}: {ascii(task_id)[:EXCERPT_LIMIT]}",
+            status_code=status_code,
+            excerpt=ascii(task_id)[:EXCERPT_LIMIT],
         )
     try:
         return SubmitAccepted.model_validate(data)
@@ -327,8 +356,17 @@ def parse_task(envelope: dict[str, Any], *, task_id: str, status_code: int = 200
     """
     data: dict[str, Any] = envelope["data"]
     fields = dict(data)
-    if not isinstance(fields.get("task_id"), str) or not fields["task_id"]:
+    answered = fields.get("task_id")
+    if answered is None or answered == "":
         fields["task_id"] = task_id
+    elif answered != task_id:
+        # A mixed-up proxy or cache: another task's answer must not be taken for this one's.
+        raise APIResponseError(
+            f"the status answer for task {task_id} is about another task, {ascii(answered)[:64]}",
+            status_code=status_code,
+        )
+    if fields.get("response") is not None:
+        fields["response"] = _usable_urls(fields["response"], task_id)
     envelope_message = envelope.get("message")
     if isinstance(envelope_message, str) and envelope_message.strip().lower() in ("success", "ok"):
         envelope_message = None

@@ -2,7 +2,8 @@
 
 One dispatch coroutine sleeps until the earliest due poll, deadline or new
 registration (with nothing registered it does not wake at all) and hands due
-task ids to a fixed pool of ``max_concurrent_polls`` workers. Every task id
+task ids to a pool of at most ``max_concurrent_polls`` workers, started as
+polls come due faster than the running ones send them. Every task id
 is polled once however many handles wait on it, and whatever goes wrong with
 one answer settles or reschedules that task only.
 """
@@ -20,11 +21,11 @@ import anyio
 import anyio.lowlevel
 
 from ._exceptions import (
-    APIResponseError,
     APIStatusError,
     AuthenticationError,
     Banana2Error,
     ClientClosedError,
+    EmptyResultError,
     NotFoundError,
     RateLimitError,
     TaskFailedError,
@@ -36,7 +37,7 @@ from ._retry import backoff, outcome_of, status_decision
 from ._schedule import Interval, PollSchedule, RateBudget, TimerHeap
 
 if TYPE_CHECKING:
-    from anyio.abc import TaskStatus
+    from anyio.abc import TaskGroup, TaskStatus
 
     from ._models import GenerationRequest, GenerationResult, TaskInfo
 
@@ -95,6 +96,7 @@ class Poller:
         "_entries",
         "_idle",
         "_listeners",
+        "_hired",
         "_max_concurrent",
         "_not_found_grace",
         "_rate_limited",
@@ -105,6 +107,7 @@ class Poller:
         "_wake_at",
         "_wakeup",
         "_wire",
+        "_workers",
         "polls_sent",
     )
 
@@ -121,6 +124,9 @@ class Poller:
         self._wire = wire
         self._throttle = throttle
         self._max_concurrent = max_concurrent_polls
+        # The task group the workers run in, and how many were started: a pool of any size costs nothing until used.
+        self._workers: TaskGroup | None = None
+        self._hired = 0
         self._not_found_grace = not_found_grace
         self._rng = rng
         self._schedule: PollSchedule[str] = PollSchedule(interval, rng)
@@ -254,9 +260,7 @@ class Poller:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Dispatch due polls to the workers until cancelled."""
         self._wakeup = anyio.Event()
-        async with anyio.create_task_group() as workers:
-            for _ in range(self._max_concurrent):
-                workers.start_soon(self._work)
+        async with anyio.create_task_group() as self._workers:
             task_status.started()
             await self._dispatch()
 
@@ -269,7 +273,9 @@ class Poller:
             paused = self._throttle.pause_remaining()
             if paused <= 0:
                 due.extend(entry for task_id in schedule.pop_due(now) if (entry := entries.get(task_id)) is not None)
-                self._wake_workers(len(due))
+                unserved = len(due) - self._wake_workers(len(due))
+                if unserved > 0 and self._hired < self._max_concurrent:
+                    self._hire(unserved)
             wake = math.inf
             next_poll = schedule.next_time()
             if next_poll is not None:
@@ -288,10 +294,21 @@ class Poller:
             if wakeup.is_set():
                 self._wakeup = anyio.Event()
 
-    def _wake_workers(self, count: int) -> None:
+    def _hire(self, count: int) -> None:
+        """Start up to ``count`` more workers, within ``max_concurrent_polls``."""
+        workers = self._workers
+        assert workers is not None
+        for _ in range(min(count, self._max_concurrent - self._hired)):
+            self._hired += 1
+            workers.start_soon(self._work)
+
+    def _wake_workers(self, count: int) -> int:
+        """Wake up to ``count`` idle workers; return how many were woken."""
         idle = self._idle
-        for _ in range(min(count, len(idle))):
+        woken = min(count, len(idle))
+        for _ in range(woken):
             idle.pop().set()
+        return woken
 
     async def _work(self) -> None:
         # A plain deque, and an event only for an idle spell: handing a due poll to a busy pool
@@ -338,16 +355,17 @@ class Poller:
                 logger.exception("a poll listener raised")
 
     def _answered(self, task_id: str, sent: float, info: TaskInfo) -> None:
-        if info.task_id != task_id:
-            # Another task's answer (a mixed-up proxy or cache) must not settle this one: poll it again.
-            mixed_up = APIResponseError(f"the status answer for task {task_id} is about task {info.task_id[:64]!r}")
-            self._poll_failed(task_id, sent, mixed_up)
-            return
+        # (An answer about another task never gets here: `parse_task` refuses it, and the task is polled again.)
         state = info.state
         if state == "success":
             from ._models import GenerationResult
 
-            self._settle(task_id, GenerationResult.from_info(info), None)
+            try:
+                result = GenerationResult.from_info(info)
+            except EmptyResultError as exc:
+                self._settle(task_id, None, exc)
+            else:
+                self._settle(task_id, result, None)
         elif state == "failed":
             status = str(info.status)
             message = info.error_detail or f"task {task_id} ended with status {status}"
@@ -369,7 +387,7 @@ class Poller:
         if not (isinstance(exc, NotFoundError) and young) and status_decision(outcome_of(exc)) == "raise":
             self._settle(task_id, None, exc)
             return
-        entry.last_error = exc
+        entry.last_error = _slim(exc)
         if isinstance(exc, RateLimitError):
             self._rate_limited += 1
             pause = exc.retry_after
@@ -388,3 +406,22 @@ class Poller:
         if key not in self._unknown_logged and len(self._unknown_logged) < _MAX_UNKNOWN_LOGGED:
             self._unknown_logged.add(key)
             logger.warning("unknown task status %r: treating it as in flight", status)
+
+
+def _slim(exc: Banana2Error) -> Banana2Error:
+    """``exc`` made fit to be kept for as long as its task is pending (as a later timeout's cause).
+
+    Its traceback's frames, and those of the errors it was raised from or
+    during, would keep alive whatever they held: the answer's body, the
+    response, the request. The message says what happened; the rest goes.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        # What it was raised from stays (httpx's error, say); what it was raised while handling
+        # (a JSONDecodeError, which keeps the whole document) goes.
+        current.__context__ = None
+        current = current.__cause__
+    return exc

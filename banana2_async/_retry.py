@@ -15,7 +15,7 @@ import math
 import random
 from typing import Final, Literal
 
-from ._exceptions import APIConnectionError, APIStatusError, Banana2Error
+from ._exceptions import APIConnectionError, APIStatusError, Banana2Error, ConfigurationError, InvalidRequestError
 
 __all__ = [
     "Decision",
@@ -51,9 +51,15 @@ class Failure(enum.Enum):
     """The connection broke during the exchange (reset, dropped, closed early)."""
     BAD_RESPONSE = "bad-response"
     """An answer came that is not the documented envelope."""
+    DEADLINE = "deadline"
+    """The whole exchange took longer than its deadline (a server dripping its answer): it may have landed."""
+    NOT_SENT_IN_TIME = "not-sent-in-time"
+    """The call's own deadline passed while it waited to send (a rate-limit pause, say): it was never sent."""
 
 
-_NEVER_SENT: Final = frozenset({Failure.CONNECT, Failure.CONNECT_TIMEOUT, Failure.POOL_TIMEOUT})
+_NEVER_SENT: Final = frozenset(
+    {Failure.CONNECT, Failure.CONNECT_TIMEOUT, Failure.POOL_TIMEOUT, Failure.NOT_SENT_IN_TIME}
+)
 _SUBMIT_REFUSED: Final = frozenset({429, 503})
 _TRANSIENT_STATUS: Final = frozenset({408, 429})
 
@@ -117,11 +123,12 @@ def retry_after_seconds(value: str | None, *, now: float, cap: float = MAX_RETRY
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
+            if when.tzinfo is None:
+                return None
+            seconds = when.timestamp() - now
+        except (TypeError, ValueError, IndexError, OverflowError):
+            # A date no calendar holds (year 99999999999), or not a date at all.
             return None
-        if when.tzinfo is None:
-            return None
-        seconds = when.timestamp() - now
     if math.isnan(seconds):
         return None
     return min(max(seconds, 0.0), cap)
@@ -129,6 +136,9 @@ def retry_after_seconds(value: str | None, *, now: float, cap: float = MAX_RETRY
 
 def outcome_of(exc: Banana2Error) -> Failure | int:
     """The `Failure` or status code that a retry decision about ``exc`` is made on."""
+    if isinstance(exc, (InvalidRequestError, ConfigurationError)):
+        # Nothing another attempt could change: the request cannot be made.
+        return Failure.LOCAL
     if isinstance(exc, APIStatusError):
         return exc.status_code
     if isinstance(exc, APIConnectionError):

@@ -112,7 +112,9 @@ class _Recorder:
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
-        return httpx.Response(200, json=_ANSWER)
+        # An answer about the task asked for: one about another task is refused.
+        task_id = request.url.params.get("task_id", "t")
+        return httpx.Response(200, json={**_ANSWER, "data": {**_ANSWER["data"], "task_id": task_id}})
 
 
 def _without_cookie(request: httpx.Request) -> list[tuple[bytes, bytes]]:
@@ -249,8 +251,8 @@ async def test_a_cookie_a_poll_answer_sets_is_kept_and_sent_back() -> None:
         return httpx.Response(200, json=_ANSWER, headers=cookie)
 
     async with AsyncBanana2(api_key=KEY, base_url=BASE, transport=httpx.MockTransport(handler)) as client:
-        await client.status("t1")
-        await client.status("t1")
+        await client.status("t")
+        await client.status("t")
         await client.submit("a cat")
         assert client.http_client.cookies["node"] == "7"
     first, second, submit = requests

@@ -26,7 +26,7 @@ from banana2_async import (
     RateLimitError,
     TaskInfo,
 )
-from banana2_async._envelope import classify_status, decode_envelope
+from banana2_async._envelope import classify_status, decode_envelope, ok_envelope
 from banana2_async._models import MAX_IMAGES, MAX_PROMPT_LENGTH, parse_submit, parse_task
 
 BASE = "https://banana2api.com"
@@ -351,10 +351,33 @@ def test_error_code_in_an_http_200_envelope_counts(code: object, error: type[API
     assert caught.value.body == {"code": code, "message": "not enough credits", "data": None}
 
 
-@pytest.mark.parametrize("code", [True, 200.5, "abc", None, [402], 201])
-def test_non_error_codes_in_a_200_envelope_are_ignored(code: object) -> None:
-    """A code that is no error status (or no integer at all) does not turn a 200 into an error."""
+@pytest.mark.parametrize("code", [201, "200", " 204 ", 200.0, 100])
+def test_success_codes_in_a_200_envelope_are_not_errors(code: object) -> None:
+    """A code that is a success status, as a number or a string of ASCII digits, leaves a 200 a success."""
     assert decode_envelope(200, _envelope({"task_id": "t"}, code=code))["data"] == {"task_id": "t"}
+    assert ok_envelope(_envelope({"task_id": "t"}, code=code)) is not None
+
+
+@pytest.mark.parametrize(
+    "code",
+    [True, False, None, 200.5, float("inf"), "abc", "", "٢٠٠", "²⁰⁰", "0200", 99, 1000, -200, [402], {"a": 1}, 10**60],
+)
+def test_a_code_that_is_no_status_code_is_a_response_error(code: object) -> None:
+    """An envelope ``code`` that is there but no status code (any JSON value) is an `APIResponseError`."""
+    content = _envelope({"task_id": "t"}, code=code)
+    assert ok_envelope(content) is None
+    with pytest.raises(APIResponseError, match="not a status code"):
+        decode_envelope(200, content)
+
+
+def test_a_5000_digit_code_is_a_response_error() -> None:
+    """A code of 5,000 digits (more than Python turns into an int from text) is an `APIResponseError`."""
+    content = b'{"code": ' + b"9" * 5000 + b', "data": {"task_id": "t"}}'
+    assert ok_envelope(content) is None
+    with pytest.raises(APIResponseError):
+        decode_envelope(200, content)
+    with pytest.raises(InternalServerError):
+        decode_envelope(502, content)
 
 
 @pytest.mark.parametrize(
@@ -539,7 +562,7 @@ def test_parse_task_of_the_documented_success() -> None:
 
 def test_parse_task_keeps_unknown_fields() -> None:
     """Fields the documentation does not list are kept in ``model_extra``."""
-    info = parse_task({"code": 200, "data": {**DONE, "seed": 7, "progress": 0.5}}, task_id="x")
+    info = parse_task({"code": 200, "data": {**DONE, "seed": 7, "progress": 0.5}}, task_id=DONE["task_id"])
     assert info.model_extra == {"seed": 7, "progress": 0.5}
 
 
@@ -564,7 +587,7 @@ def test_parse_task_while_running(data: dict[str, Any]) -> None:
 
 def test_parse_task_takes_a_single_url_as_a_list() -> None:
     """A ``response`` that is one URL string is a list of one."""
-    info = parse_task({"code": 200, "data": {**DONE, "response": "https://x.example/1.png"}}, task_id="t")
+    info = parse_task({"code": 200, "data": {**DONE, "response": "https://x.example/1.png"}}, task_id=DONE["task_id"])
     assert info.images == ["https://x.example/1.png"]
 
 

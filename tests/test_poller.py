@@ -17,6 +17,7 @@ from _fake_api import FakeAPI, error, open_client, task_data, wait_until
 from banana2_async import (
     APIResponseError,
     AuthenticationError,
+    EmptyResultError,
     InternalServerError,
     NotFoundError,
     TaskFailedError,
@@ -53,19 +54,19 @@ def spans(times: list[float]) -> list[float]:
 
 
 async def test_the_number_of_tasks_does_not_grow_with_the_number_of_handles() -> None:
-    """With 1,000 pending handles polled over and over, the running tasks stay as many as with none."""
+    """With 1,000 pending handles polled over and over, the running tasks stay at most the pool's size."""
     fake = FakeAPI(running_forever)
     before_client = task_count()
     async with open_client(fake, max_concurrent_polls=4, wait_timeout=None) as client:
         idle = task_count()
-        assert idle - before_client <= 2 + 4  # the poller's dispatcher, its workers, the client's task group
+        assert idle - before_client <= 2  # the poller's dispatcher and the client's task group; no worker yet
         handles = [client.track(f"t{index}") for index in range(1_000)]
         assert len(client.poller) == 1_000
         counts = set()
         for rounds in (1, 2, 3):
             await wait_until(lambda: fake.status_requests >= rounds * 1_000)  # noqa: B023 - awaited at once
             counts.add(task_count())
-        assert counts == {idle}
+        assert counts == {idle + 4}
         assert all(not handle.done() for handle in handles)
     assert task_count() == before_client
 
@@ -169,7 +170,7 @@ async def test_a_stalled_poller_does_not_catch_up() -> None:
 
 
 async def test_due_polls_run_concurrently_up_to_max_concurrent_polls() -> None:
-    """Fifty due polls go out five at a time, through a fixed pool of workers: no task per pending poll."""
+    """Fifty due polls go out five at a time, through a pool of five workers: no task per pending poll."""
     fake = FakeAPI()
     fake.gate = anyio.Event()
     async with open_client(fake, max_concurrent_polls=5) as client:
@@ -177,7 +178,7 @@ async def test_due_polls_run_concurrently_up_to_max_concurrent_polls() -> None:
         handles = [client.track(f"t{n}") for n in range(50)]
         await anyio.wait_all_tasks_blocked()
         assert fake.in_flight_by_kind["status"] == 5
-        assert task_count() == idle
+        assert task_count() == idle + 5
         fake.gate.set()
         for handle in handles:
             await handle
@@ -380,13 +381,47 @@ async def test_unknown_statuses_keep_polling_and_are_logged_once(caplog: pytest.
     assert all(record.levelno == logging.WARNING for record in logged)
 
 
-async def test_a_success_without_images_resolves_with_none() -> None:
-    """A SUCCESS whose ``response`` is missing still resolves, with an empty image list."""
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"response": None},
+        {"response": []},
+        {"response": ""},
+        {"response": ["ftp://x.example/1.png", "", 123, None, "https://x .example/1.png", "http://x:99999/"]},
+        {"response": ["https://x.example/\u0007.png", "https://x.example/\u2028.png"]},
+        {"response": {"url": "https://x.example/1.png"}},
+    ],
+)
+async def test_a_success_without_usable_images_is_an_empty_result_error(extra: dict[str, Any]) -> None:
+    """A SUCCESS whose ``response`` is missing, null, empty or holds no usable http(s) URL fails the task."""
     fake = FakeAPI()
-    fake.script("bare", {"task_id": "bare", "status": "SUCCESS"})
+    fake.script("bare", {"task_id": "bare", "status": "SUCCESS", "consumed_credits": 20, **extra})
     async with open_client(fake) as client:
-        result = await client.track("bare")
-    assert result.images == []
+        with pytest.raises(EmptyResultError) as caught:
+            await client.track("bare")
+    assert isinstance(caught.value, TaskFailedError)
+    assert caught.value.task_id == "bare"
+    assert caught.value.consumed_credits == 20
+
+
+async def test_result_urls_with_lone_surrogates_are_left_out() -> None:
+    """A result URL holding a lone surrogate (JSON ``\\ud800``) is no usable URL: the success has no image."""
+    fake = FakeAPI()
+    body = b'{"code":200,"data":{"task_id":"t","status":"SUCCESS","response":["https://x.example/\\ud800.png"]}}'
+    fake.script("t", httpx.Response(200, content=body))
+    async with open_client(fake) as client:
+        with pytest.raises(EmptyResultError):
+            await client.track("t")
+
+
+async def test_a_success_keeps_its_usable_images_and_leaves_out_the_rest() -> None:
+    """Result URLs that are no usable http(s) URL are left out of a success that has usable ones too."""
+    fake = FakeAPI()
+    fake.script("t", {"task_id": "t", "status": "SUCCESS", "response": ["file:///etc/passwd", "https://x.example/1.png"]})
+    async with open_client(fake) as client:
+        result = await client.track("t")
+    assert result.images == ["https://x.example/1.png"]
 
 
 # -- deadlines ------------------------------------------------------------------------------------

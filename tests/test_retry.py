@@ -17,6 +17,7 @@ from banana2_async import (
     ConfigurationError,
     InsufficientCreditsError,
     InternalServerError,
+    InvalidRequestError,
     NotFoundError,
     RateLimitError,
 )
@@ -44,6 +45,8 @@ SUBMIT_DECISIONS: list[tuple[Failure | int, Decision]] = [
     (Failure.WRITE_TIMEOUT, "uncertain"),
     (Failure.NETWORK, "uncertain"),
     (Failure.BAD_RESPONSE, "uncertain"),
+    (Failure.DEADLINE, "uncertain"),
+    (Failure.NOT_SENT_IN_TIME, "retry"),
     (400, "raise"),
     (401, "raise"),
     (402, "raise"),
@@ -82,6 +85,8 @@ STATUS_DECISIONS: list[tuple[Failure | int, Decision]] = [
     (Failure.WRITE_TIMEOUT, "retry"),
     (Failure.NETWORK, "retry"),
     (Failure.BAD_RESPONSE, "retry"),
+    (Failure.DEADLINE, "retry"),
+    (Failure.NOT_SENT_IN_TIME, "retry"),
     (400, "raise"),
     (401, "raise"),
     (402, "raise"),
@@ -138,7 +143,16 @@ def test_outcome_of(exc: Banana2Error, expected: Failure | int) -> None:
 
 def test_outcome_of_an_unknown_error_is_a_bad_response() -> None:
     """An error of no wire kind is treated as a bad answer: uncertain for a submit, retried for a poll."""
-    assert outcome_of(ConfigurationError("x")) is Failure.BAD_RESPONSE
+    assert outcome_of(APIResponseError("x")) is Failure.BAD_RESPONSE
+    assert outcome_of(Banana2Error("x")) is Failure.BAD_RESPONSE
+
+
+@pytest.mark.parametrize("exc", [ConfigurationError("x"), InvalidRequestError("task_id is empty", field="task_id")])
+def test_a_request_that_cannot_be_made_is_not_retried(exc: Banana2Error) -> None:
+    """A request that cannot be made (a task id no URL can hold, say) is raised at once, never retried."""
+    assert outcome_of(exc) is Failure.LOCAL
+    assert status_decision(outcome_of(exc)) == "raise"
+    assert submit_decision(outcome_of(exc)) == "raise"
 
 
 # -- backoff --------------------------------------------------------------------------------------
@@ -212,6 +226,8 @@ def test_backoff_of_a_huge_attempt_is_capped_not_an_overflow(attempt: int) -> No
         ("86400", MAX_RETRY_AFTER),
         ("1e9", MAX_RETRY_AFTER),
         ("inf", MAX_RETRY_AFTER),
+        ("9" * 5000, MAX_RETRY_AFTER),
+        ("-" + "9" * 5000, 0.0),
     ],
 )
 def test_retry_after_in_seconds(header: str, expected: float) -> None:
@@ -254,6 +270,10 @@ def test_retry_after_cap_is_configurable() -> None:
         "Wed, 32 Foo 2015 99:99:99 GMT",
         "Wed, 21 Oct 2015 07:28:00 -0000",
         "\x00\x01",
+        "Mon, 01 Jan 99999999999 00:00:00 GMT",
+        "Fri, 31 Dec 9999999 23:59:59 GMT",
+        "Thu, 01 Jan 1970 00:00:00 +99999999",
+        "Sun, 06 Dec 2026 99999999999:00:00 GMT",
     ],
 )
 def test_retry_after_garbage_is_none(header: str | None) -> None:
