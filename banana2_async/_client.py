@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 from collections.abc import Callable, Iterable, Sequence
@@ -15,10 +14,11 @@ import anyio
 import httpx
 from anyio.abc import TaskGroup, TaskStatus
 
-from ._exceptions import ConfigurationError, InvalidRequestError
+from ._exceptions import APITimeoutError, ConfigurationError, InvalidRequestError
 from ._handle import AsCompleted, TaskHandle
-from ._http import DEFAULT_BASE_URL, DEFAULT_TIMEOUT, Wire, check_base_url
+from ._http import DEFAULT_BASE_URL, DEFAULT_REQUEST_TIMEOUT, DEFAULT_TIMEOUT, Wire, check_base_url
 from ._poller import Poller, Throttle
+from ._retry import Failure
 from ._schedule import RateBudget, parse_interval
 from ._types import (
     DEFAULT_BATCH_CONCURRENCY,
@@ -31,6 +31,7 @@ from ._types import (
     Resolution,
     TaskType,
 )
+from ._validate import check_non_negative_int, check_positive_int, check_seconds, check_task_id
 
 if TYPE_CHECKING:
     # Bulk runs and downloads (sqlite3 and all), and the models (pydantic's model machinery),
@@ -44,29 +45,23 @@ logger = logging.getLogger("banana2_async")
 
 DEFAULT_WAIT_TIMEOUT = 600.0
 DEFAULT_NOT_FOUND_GRACE = 10.0
-
-
-def _positive_int(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidRequestError(f"{name} must be a positive integer, got {value!r}", field=name)
-    return value
+DEFAULT_SUBMIT_TIMEOUT = 600.0
 
 
 def _wait_timeout(value: float | None, field: str = "wait_timeout") -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
-        raise InvalidRequestError(f"{field} must be a positive number of seconds or None, got {value!r}", field=field)
-    return float(value)
+    return check_seconds(value, field)
 
 
-def _check_task_id(task_id: object) -> None:
-    if not isinstance(task_id, str) or not task_id.strip():
-        raise InvalidRequestError("task_id must be a non-empty string", field="task_id")
-    try:
-        task_id.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidRequestError("task_id is not valid text (it holds a lone surrogate)", field="task_id") from None
+def _httpx_timeout(value: object) -> httpx.Timeout:
+    """``timeout`` as an ``httpx.Timeout``, each of its parts checked."""
+    if isinstance(value, httpx.Timeout):
+        for part, seconds in value.as_dict().items():
+            if seconds is not None:
+                check_seconds(seconds, f"timeout.{part}")
+        return value
+    return httpx.Timeout(check_seconds(value, "timeout"))
 
 
 class AsyncBanana2:
@@ -90,7 +85,17 @@ class AsyncBanana2:
             instead of the default one: ``httpx.AsyncHTTPTransport(http2=True)``,
             a mock, a simulator's. It is closed with the client. Not with
             ``http_client``.
-        timeout: httpx timeouts of each request.
+        timeout: httpx's timeouts of each request: of connecting, and of each
+            read and write (not of the whole request; see ``request_timeout``).
+        request_timeout: The whole-request deadline in seconds: the most one
+            request may take from sending to the last byte of its answer, so a
+            server that drips its answer cannot hold a request (or a poll
+            worker) for ever. A poll or status call past it raises
+            `APITimeoutError`; a submit, `SubmissionUncertainError`.
+        submit_timeout: The deadline of one `submit` call as a whole, in
+            seconds, waits for a free slot and for 429/503 retries included.
+            Past it, a submit never sent raises `APITimeoutError`; one that
+            may have been sent, `SubmissionUncertainError`.
         max_retries: How often a request is retried where retrying is safe.
         max_concurrent_submits: Submits in flight at once; more wait in line.
         max_concurrent_polls: Status polls in flight at once.
@@ -120,6 +125,8 @@ class AsyncBanana2:
         http_client: httpx.AsyncClient | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        submit_timeout: float = DEFAULT_SUBMIT_TIMEOUT,
         max_retries: int = 3,
         max_concurrent_submits: int = 16,
         max_concurrent_polls: int = 48,
@@ -144,18 +151,13 @@ class AsyncBanana2:
         except ValueError as exc:
             field = "poll_interval" if "poll_interval" in str(exc) else "rate_limit"
             raise InvalidRequestError(str(exc), field=field) from None
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise InvalidRequestError(f"max_retries must be 0 or more, got {max_retries!r}", field="max_retries")
-        submits = _positive_int("max_concurrent_submits", max_concurrent_submits)
-        polls = _positive_int("max_concurrent_polls", max_concurrent_polls)
-        if (
-            isinstance(not_found_grace, bool)
-            or not isinstance(not_found_grace, (int, float))
-            or not not_found_grace >= 0
-        ):
-            raise InvalidRequestError(
-                f"not_found_grace must be 0 or more seconds, got {not_found_grace!r}", field="not_found_grace"
-            )
+        check_non_negative_int(max_retries, "max_retries")
+        submits = check_positive_int(max_concurrent_submits, "max_concurrent_submits")
+        polls = check_positive_int(max_concurrent_polls, "max_concurrent_polls")
+        check_seconds(not_found_grace, "not_found_grace", zero=True)
+        httpx_timeout = _httpx_timeout(timeout)
+        self._request_timeout = check_seconds(request_timeout, "request_timeout")
+        self._submit_timeout = check_seconds(submit_timeout, "submit_timeout")
 
         self._wait_timeout = _wait_timeout(wait_timeout)
         self._rng = random.Random(seed)
@@ -165,7 +167,8 @@ class AsyncBanana2:
             base_url=url,
             http_client=http_client,
             transport=transport,
-            timeout=timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout),
+            timeout=httpx_timeout,
+            request_timeout=self._request_timeout,
             max_retries=max_retries,
             max_in_flight=submits + polls,
             retry_uncertain_submits=retry_uncertain_submits,
@@ -323,11 +326,24 @@ class AsyncBanana2:
             raise InvalidRequestError("request must be a GenerationRequest", field="request")
         timeout = self._deadline_of(wait_timeout)
         self._require_open()
-        async with self._submit_slots:
+        deadline = anyio.current_time() + self._submit_timeout
+        with anyio.CancelScope(deadline=deadline) as waiting:
+            await self._submit_slots.acquire()
+        if waiting.cancelled_caught:
+            raise APITimeoutError(
+                f"POST /api/generate was not sent within submit_timeout ({self._submit_timeout:g} s): "
+                "no submit slot came free in time (max_concurrent_submits). It was never sent.",
+                kind=Failure.NOT_SENT_IN_TIME.value,
+                method="POST",
+                path="/api/generate",
+            )
+        try:
             # The wire awaits a sent request's answer even for a cancelled caller, and nothing
             # between its return and `attach` yields: a task id the server charged for is never dropped.
-            accepted = await self._wire.submit(request)
+            accepted = await self._wire.submit(request, deadline=deadline)
             return self._poller.attach(accepted.task_id, wait_timeout=timeout, request=request)
+        finally:
+            self._submit_slots.release()
 
     async def generate(
         self,
@@ -343,6 +359,8 @@ class AsyncBanana2:
         """Submit one task and wait for its result; see `submit` for the arguments and errors.
 
         Also raises `TaskFailedError` or `TaskTimeoutError` from the wait.
+        Cancelled after the task was submitted (and so may be charged for),
+        it logs a WARNING naming the task and how to pick it up again.
         """
         handle = await self.submit(
             prompt,
@@ -353,7 +371,16 @@ class AsyncBanana2:
             output_format=output_format,
             wait_timeout=wait_timeout,
         )
-        return await handle
+        try:
+            return await handle
+        except anyio.get_cancelled_exc_class():
+            logger.warning(
+                "cancelled while waiting for task %s, which was submitted and may be charged for; "
+                "its result can still be had with client.track(%r)",
+                handle.task_id,
+                handle.task_id,
+            )
+            raise
 
     async def edit(
         self,
@@ -381,7 +408,7 @@ class AsyncBanana2:
 
         Works without entering the client's context.
         """
-        _check_task_id(task_id)
+        check_task_id(task_id)
         if self._closed:
             raise RuntimeError("this AsyncBanana2 is closed")
         return await self._wire.status(task_id)
@@ -392,7 +419,7 @@ class AsyncBanana2:
         Tracking a task that is already watched adds a handle but no polls.
         A task not watched yet is polled at once.
         """
-        _check_task_id(task_id)
+        check_task_id(task_id)
         timeout = self._deadline_of(wait_timeout)
         self._require_open()
         return self._poller.attach(task_id, wait_timeout=timeout, immediately=True)

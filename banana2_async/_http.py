@@ -11,6 +11,7 @@ import contextlib
 import ipaddress
 import json
 import logging
+import math
 import random
 import re
 import time
@@ -29,11 +30,12 @@ from ._exceptions import (
     APITimeoutError,
     Banana2Error,
     ConfigurationError,
+    InvalidRequestError,
     RateLimitError,
     SubmissionUncertainError,
 )
-from ._secret import Secret
 from ._retry import Failure, backoff, outcome_of, retry_after_seconds, status_decision, submit_decision
+from ._secret import Secret
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -174,8 +176,8 @@ class Wire:
         "_headers",
         "_max_retries",
         "_owns_client",
-        "_retry_uncertain",
         "_request_timeout",
+        "_retry_uncertain",
         "_rng",
         "_secret",
         "_slots",
@@ -419,14 +421,18 @@ class Wire:
         around it with its (empty) body stream given.
         """
         template = self._template("GET", self._status_url)
-        if template is None:
-            return self._client.build_request(
-                "GET", self._status_url, params={"task_id": task_id}, headers=self._headers, timeout=self._timeout
-            )
-        if _PLAIN_QUERY_VALUE.fullmatch(task_id):
-            url = httpx.URL(self._status_prefix + task_id)
-        else:
-            url = self._status_url.copy_merge_params({"task_id": task_id})
+        try:
+            if template is None:
+                return self._client.build_request(
+                    "GET", self._status_url, params={"task_id": task_id}, headers=self._headers, timeout=self._timeout
+                )
+            if _PLAIN_QUERY_VALUE.fullmatch(task_id):
+                url = httpx.URL(self._status_prefix + task_id)
+            else:
+                url = self._status_url.copy_merge_params({"task_id": task_id})
+        except (httpx.InvalidURL, UnicodeError, ValueError) as exc:
+            # Ids are checked where they come in; this is the last line, for one the checks let by.
+            raise InvalidRequestError(f"task_id {ascii(task_id)[:64]} cannot be put in a URL", field="task_id") from exc
         # An empty stream given up front: the template's headers are final, nothing to encode or prepare.
         return httpx.Request("GET", url, headers=template[0], extensions=template[1], stream=httpx.ByteStream(b""))
 
@@ -477,14 +483,17 @@ class Wire:
                 await self._wait_before_retry(exc, attempt)
                 attempt += 1
 
-    async def submit(self, request: GenerationRequest) -> SubmitAccepted:
+    async def submit(self, request: GenerationRequest, *, deadline: float = math.inf) -> SubmitAccepted:
         """``POST /api/generate``, never paying twice.
 
         Retried only where the request cannot have been paid for (not sent,
         429, 503). Where it may have landed, `SubmissionUncertainError` is
         raised instead, unless the client opted into ``retry_uncertain_submits``.
         A cancelled caller is let go while waiting to send or to retry, never
-        while a sent request's answer (and task id) is on its way.
+        while a sent request's answer (and task id) is on its way. Past
+        ``deadline`` (anyio's clock), a wait to send or to retry ends in
+        `APITimeoutError` (nothing was sent), or `SubmissionUncertainError`
+        if an earlier attempt may have landed.
         """
         from ._models import parse_submit
 
@@ -492,22 +501,36 @@ class Wire:
         attempt = 0
         # Once one attempt may have been paid for, giving up for any reason must say so.
         maybe_paid = False
-        while True:
-            try:
-                status_code, envelope = await self._exchange(self._generate_request(body), shielded=True)
-                return parse_submit(envelope, status_code=status_code)
-            except (APIConnectionError, APIResponseError, APIStatusError) as exc:
-                decision = submit_decision(outcome_of(exc))
-                if decision == "uncertain":
-                    maybe_paid = True
-                    if not self._retry_uncertain:
-                        self._raise_uncertain(request, exc, attempts=attempt + 1)
-                if decision == "raise" or attempt >= self._max_retries:
-                    if maybe_paid:
-                        self._raise_uncertain(request, exc, attempts=attempt + 1)
-                    raise
-                await self._wait_before_retry(exc, attempt)
-                attempt += 1
+        failure: Banana2Error | None = None
+        with anyio.CancelScope(deadline=deadline):
+            while True:
+                try:
+                    status_code, envelope = await self._exchange(self._generate_request(body), shielded=True)
+                    return parse_submit(envelope, status_code=status_code)
+                except (APIConnectionError, APIResponseError, APIStatusError) as exc:
+                    failure = exc
+                    decision = submit_decision(outcome_of(exc))
+                    if decision == "uncertain":
+                        maybe_paid = True
+                        if not self._retry_uncertain:
+                            self._raise_uncertain(request, exc, attempts=attempt + 1)
+                    if decision == "raise" or attempt >= self._max_retries:
+                        if maybe_paid:
+                            self._raise_uncertain(request, exc, attempts=attempt + 1)
+                        raise
+                    await self._wait_before_retry(exc, attempt)
+                    attempt += 1
+        # The deadline passed while waiting to send, or to send again.
+        if maybe_paid and failure is not None:
+            self._raise_uncertain(request, failure, attempts=attempt)
+        raise APITimeoutError(
+            "POST /api/generate was not sent before its deadline (submit_timeout)"
+            + (f"; the last attempt was refused: {failure}" if failure is not None else "")
+            + ". It was not paid for.",
+            kind=Failure.NOT_SENT_IN_TIME.value,
+            method="POST",
+            path="/api/generate",
+        ) from failure
 
     @staticmethod
     def _raise_uncertain(request: GenerationRequest, exc: Banana2Error, *, attempts: int) -> NoReturn:

@@ -309,7 +309,7 @@ class GenerationResult(BaseModel):
 def _usable_urls(response: object, task_id: str) -> list[str]:
     """The http(s) URLs in a status answer's ``response``; anything else in it is dropped, and logged."""
     listed = response if isinstance(response, list) else [response]
-    urls = [item for item in listed if url_problem(item) is None]
+    urls = [item for item in listed if isinstance(item, str) and url_problem(item) is None]
     if len(urls) != len(listed):
         logger.warning(
             "task %s: %d of the %d result URLs in the answer are not usable http(s) URLs; they are left out",

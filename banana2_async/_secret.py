@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-__all__ = ["REDACTED", "MIN_REDACTED", "Secret"]
+__all__ = ["MIN_REDACTED", "REDACTED", "Secret"]
 
 REDACTED: Final = "[redacted]"
 # Shorter keys are not looked for: a two-letter "key" would blank out half of every answer.

@@ -20,11 +20,11 @@ import httpx
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._batch import DEFAULT_CONCURRENCY, Batch, BatchEvent, BatchOutcome, BatchPlan
-from ._client import DEFAULT_NOT_FOUND_GRACE, DEFAULT_WAIT_TIMEOUT, AsyncBanana2
+from ._client import DEFAULT_NOT_FOUND_GRACE, DEFAULT_SUBMIT_TIMEOUT, DEFAULT_WAIT_TIMEOUT, AsyncBanana2
 from ._download import DEFAULT_MAX_BYTES, DEFAULT_MAX_RETRIES
 from ._exceptions import InvalidRequestError, TaskTimeoutError
 from ._handle import TaskHandle
-from ._http import DEFAULT_TIMEOUT
+from ._http import DEFAULT_REQUEST_TIMEOUT, DEFAULT_TIMEOUT
 from ._models import GenerationRequest, GenerationResult, TaskInfo
 from ._types import NOT_GIVEN, AspectRatio, NotGiven, OutputFormat, Resolution, TaskType
 
@@ -125,7 +125,9 @@ class Banana2:
             background thread's loop only and is not closed by the client.
         transport: An httpx transport for the client's own httpx client; it
             is used on the background thread's loop and closed with the client.
-        timeout: httpx timeouts of each request.
+        timeout: httpx's timeouts of each request (connect, each read and write).
+        request_timeout: The whole-request deadline in seconds (see `AsyncBanana2`).
+        submit_timeout: The deadline of one submit as a whole (see `AsyncBanana2`).
         max_retries: How often a request is retried where retrying is safe.
         max_concurrent_submits: Submits in flight at once; more wait in line.
         max_concurrent_polls: Status polls in flight at once.
@@ -155,6 +157,8 @@ class Banana2:
         http_client: httpx.AsyncClient | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        submit_timeout: float = DEFAULT_SUBMIT_TIMEOUT,
         max_retries: int = 3,
         max_concurrent_submits: int = 16,
         max_concurrent_polls: int = 48,
@@ -172,6 +176,8 @@ class Banana2:
             "http_client": http_client,
             "transport": transport,
             "timeout": timeout,
+            "request_timeout": request_timeout,
+            "submit_timeout": submit_timeout,
             "max_retries": max_retries,
             "max_concurrent_submits": max_concurrent_submits,
             "max_concurrent_polls": max_concurrent_polls,

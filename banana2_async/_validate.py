@@ -112,5 +112,6 @@ def check_seconds(value: object, field: str, *, zero: bool = False) -> float:
         seconds = math.inf
     if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not zero):
         bound = "0 or more" if zero else "above 0"
-        raise InvalidRequestError(f"{field} must be a finite number of seconds {bound}, got {_shown(value)}", field=field)
+        message = f"{field} must be a finite number of seconds {bound}, got {_shown(value)}"
+        raise InvalidRequestError(message, field=field)
     return seconds

@@ -418,7 +418,9 @@ async def test_result_urls_with_lone_surrogates_are_left_out() -> None:
 async def test_a_success_keeps_its_usable_images_and_leaves_out_the_rest() -> None:
     """Result URLs that are no usable http(s) URL are left out of a success that has usable ones too."""
     fake = FakeAPI()
-    fake.script("t", {"task_id": "t", "status": "SUCCESS", "response": ["file:///etc/passwd", "https://x.example/1.png"]})
+    fake.script(
+        "t", {"task_id": "t", "status": "SUCCESS", "response": ["file:///etc/passwd", "https://x.example/1.png"]}
+    )
     async with open_client(fake) as client:
         result = await client.track("t")
     assert result.images == ["https://x.example/1.png"]
