@@ -30,9 +30,11 @@ from banana2_async import (
     GenerationRequest,
     InsufficientCreditsError,
     InternalServerError,
+    InvalidRequestError,
     NotFoundError,
     RateLimitError,
     SubmissionUncertainError,
+    TaskTimeoutError,
 )
 from banana2_async._http import Wire
 
@@ -799,3 +801,218 @@ async def test_changed_client_headers_are_picked_up() -> None:
     assert "x-trace" not in seen[0].headers
     assert seen[1].headers["x-trace"] == "abc"
     assert seen[1].headers["authorization"] == f"Bearer {KEY}"
+
+
+# -- whole-request deadlines -------------------------------------------------------------------------
+
+
+class _Drip(httpx.AsyncByteStream):
+    """An answer that never ends: one byte every ``every`` seconds."""
+
+    def __init__(self, every: float = 0.05) -> None:
+        self.every = every
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            yield b" "
+            await anyio.sleep(self.every)
+
+
+def _dripping(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(200, stream=_Drip())
+
+
+async def test_a_dripping_status_answer_ends_in_api_timeout_at_the_deadline() -> None:
+    """A status answer dripped byte by byte ends in `APITimeoutError` once ``request_timeout`` has passed."""
+    async with _client(transport=httpx.MockTransport(_dripping), request_timeout=0.3, max_retries=0) as sdk:
+        started = anyio.current_time()
+        with pytest.raises(APITimeoutError) as caught:
+            await sdk.status("t1")
+        elapsed = anyio.current_time() - started
+    assert caught.value.kind == "deadline"
+    assert "request_timeout" in str(caught.value)
+    assert 0.3 <= elapsed < 1.3
+
+
+async def test_a_dripping_poll_frees_its_worker_for_other_tasks() -> None:
+    """With one poll worker, a task whose polls drip does not starve another: the deadline frees the worker."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.params["task_id"] == "slow":
+            return _dripping(request)
+        return _json(
+            200,
+            {"code": 200, "data": {"task_id": "ok", "status": "SUCCESS", "response": ["https://cdn.example/1.png"]}},
+        )
+
+    options: dict[str, Any] = {"request_timeout": 0.2, "max_concurrent_polls": 1, "poll_interval": 0.01}
+    async with _client(transport=httpx.MockTransport(handler), **options) as sdk:
+        slow = sdk.track("slow", wait_timeout=1.5)
+        await anyio.sleep(0.05)
+        result = await sdk.track("ok", wait_timeout=1.0)
+        assert result.images == ["https://cdn.example/1.png"]
+        with pytest.raises(TaskTimeoutError) as caught:
+            await slow
+    assert isinstance(caught.value.__cause__, APITimeoutError)
+
+
+async def test_a_dripping_submit_is_uncertain_and_carries_the_request() -> None:
+    """A sent submit whose answer drips ends at the deadline in `SubmissionUncertainError` with the request."""
+    async with _client(transport=httpx.MockTransport(_dripping), request_timeout=0.3) as sdk:
+        with pytest.raises(SubmissionUncertainError) as caught:
+            await sdk.submit("a fox")
+    assert caught.value.request.prompt == "a fox"
+    assert isinstance(caught.value.__cause__, APITimeoutError)
+
+
+async def test_cancelling_around_a_dripping_submit_returns_within_the_deadline() -> None:
+    """A task group cancelled around a dripping submit returns once the whole-request deadline has passed."""
+    async with _client(transport=httpx.MockTransport(_dripping), request_timeout=0.3) as sdk:
+        outcome: list[BaseException] = []
+
+        async def submit() -> None:
+            try:
+                await sdk.submit("a fox")
+            except SubmissionUncertainError as exc:
+                outcome.append(exc)
+
+        started = anyio.current_time()
+        async with anyio.create_task_group() as group:
+            group.start_soon(submit)
+            await anyio.sleep(0.05)
+            group.cancel_scope.cancel()
+        elapsed = anyio.current_time() - started
+    assert elapsed < 1.3
+    # The caller hears that the cancelled submit may have been paid for.
+    assert len(outcome) == 1
+
+
+async def test_a_submit_held_back_by_429s_ends_at_submit_timeout_unpaid(api: respx.MockRouter) -> None:
+    """Every POST refused with 429 and a long Retry-After: the submit ends at its deadline, never paid for."""
+    route = api.post("/api/generate").mock(return_value=_error(429, "slow down", **{"retry-after": "30"}))
+    async with _client(submit_timeout=0.5, max_retries=10) as sdk:
+        started = anyio.current_time()
+        with pytest.raises(APITimeoutError) as caught:
+            await sdk.submit("a fox")
+        elapsed = anyio.current_time() - started
+    assert caught.value.kind == "not-sent-in-time"
+    assert "not paid for" in str(caught.value)
+    assert isinstance(caught.value.__cause__, RateLimitError)
+    assert 0.5 <= elapsed < 1.5
+    assert route.call_count == 1
+
+
+async def test_a_submit_waiting_for_a_slot_ends_at_submit_timeout() -> None:
+    """A submit that never gets one of the busy submit slots ends at its deadline, never sent."""
+    release = anyio.Event()
+    posts = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal posts
+        posts += 1
+        await release.wait()
+        return _accepted("t1")
+
+    options: dict[str, Any] = {"max_concurrent_submits": 1, "submit_timeout": 0.3, "request_timeout": 5.0}
+    async with _client(transport=httpx.MockTransport(handler), **options) as sdk, anyio.create_task_group() as group:
+        group.start_soon(sdk.submit, "first")
+        await anyio.sleep(0.05)
+        with pytest.raises(APITimeoutError, match="submit slot") as caught:
+            await sdk.submit("second")
+        release.set()
+    assert caught.value.kind == "not-sent-in-time"
+    assert posts == 1
+
+
+@pytest.mark.parametrize(
+    "task_id",
+    ["x" * 10_000, "bad\\u0000id", "tab\\there", "\\ud800", "a\\udfffb", "", "\\u0085"],
+    ids=["10k", "nul", "tab", "lone-high", "lone-low", "empty", "nel"],
+)
+async def test_a_submit_answer_with_an_unusable_task_id_is_uncertain(api: respx.MockRouter, task_id: str) -> None:
+    """An accepted submit whose task id cannot be polled is `SubmissionUncertainError`, naming the id."""
+    body = '{"code":200,"data":{"task_id":"' + task_id + '","status":"IN_PROGRESS"}}'
+    route = api.post("/api/generate").mock(return_value=httpx.Response(200, content=body.encode()))
+    async with _client() as sdk:
+        with pytest.raises(SubmissionUncertainError) as caught:
+            await sdk.submit("a fox")
+    assert route.call_count == 1
+    assert isinstance(caught.value.__cause__, APIResponseError)
+
+
+async def test_status_refuses_an_answer_about_another_task(api: respx.MockRouter) -> None:
+    """``status("t1")`` answered with task t2's data raises `APIResponseError`, never t2's info as t1's."""
+    api.get("/api/status").mock(return_value=_running("t2"))
+    with pytest.raises(APIResponseError, match="another task"):
+        await _client(max_retries=0).status("t1")
+
+
+@pytest.mark.parametrize(
+    "task_id",
+    ["a\x00b", "line\nbreak", "x" * 513, "\ud800", " ", "\x7f", "\u2028"],
+    ids=["nul", "newline", "long", "surrogate", "blank", "del", "line-separator"],
+)
+async def test_status_and_track_refuse_a_task_id_no_url_can_hold(api: respx.MockRouter, task_id: str) -> None:
+    """A task id with control characters, a lone surrogate, or over 512 characters is refused before any I/O."""
+    route = api.get("/api/status").mock(return_value=_running())
+    async with _client() as sdk:
+        with pytest.raises(InvalidRequestError) as caught:
+            await sdk.status(task_id)
+        assert caught.value.field == "task_id"
+        with pytest.raises(InvalidRequestError):
+            sdk.track(task_id)
+    assert route.call_count == 0
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("timeout", float("nan")),
+        ("timeout", -1),
+        ("timeout", 0),
+        ("timeout", "30"),
+        ("timeout", True),
+        ("timeout", httpx.Timeout(5.0, read=float("nan"))),
+        ("timeout", httpx.Timeout(5.0, connect=-1.0)),
+        ("request_timeout", 0),
+        ("request_timeout", float("inf")),
+        ("request_timeout", None),
+        ("submit_timeout", -5),
+        ("submit_timeout", float("nan")),
+        ("not_found_grace", float("nan")),
+        ("max_retries", 10**5000),
+    ],
+    ids=lambda value: value if isinstance(value, str) else type(value).__name__,
+)
+def test_timeouts_are_checked_at_construction(option: str, value: object) -> None:
+    """A timeout that is NaN, negative, zero, infinite or of the wrong type is refused by the constructor."""
+    with pytest.raises(InvalidRequestError) as caught:
+        AsyncBanana2(KEY, base_url=BASE, **{option: value})
+    assert caught.value.field is not None
+    assert caught.value.field.startswith(option)
+
+
+async def test_a_huge_poll_pool_costs_nothing_until_used(api: respx.MockRouter) -> None:
+    """Entering a client with ``max_concurrent_polls=10**9`` starts no worker; polls start only as many as due."""
+    api.get("/api/status").mock(side_effect=lambda request: _running(request.url.params["task_id"]))
+    before = len(anyio.get_running_tasks())
+    async with _client(max_concurrent_polls=10**9, poll_interval=0.01) as sdk:
+        assert len(anyio.get_running_tasks()) - before <= 2
+        handles = [sdk.track(f"t{n}") for n in range(3)]
+        await anyio.sleep(0.1)
+        assert len(anyio.get_running_tasks()) - before <= 2 + 3
+        for handle in handles:
+            assert not handle.done()
+
+
+async def test_generate_cancelled_after_the_post_names_the_task(
+    api: respx.MockRouter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``generate()`` cancelled while waiting for a submitted task logs a WARNING with its id and ``track()``."""
+    api.post("/api/generate").mock(return_value=_accepted("paid-1"))
+    api.get("/api/status").mock(return_value=_running("paid-1"))
+    async with _client(poll_interval=0.01) as sdk:
+        with anyio.move_on_after(0.2):
+            await sdk.generate("a fox")
+    warnings = [record for record in caplog.records if record.levelno == logging.WARNING]
+    assert any("paid-1" in record.getMessage() and "track(" in record.getMessage() for record in warnings)

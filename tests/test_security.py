@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import re
 import traceback
+import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import anyio
+import anyio.abc
 import httpx
 import pytest
 import respx
@@ -543,3 +547,113 @@ async def test_authentication_error_does_not_echo_the_key(api: respx.MockRouter)
     with pytest.raises(AuthenticationError) as caught:
         await AsyncBanana2(KEY, base_url=BASE).status("t1")
     assert not _leaks(_everything_about(caught.value))
+
+
+# -- the key in every spelling a server may echo it in ----------------------------------------------
+
+SLASHED = "sk-test/abc+def/123+XYZ"
+
+
+def _spelled(text: str) -> str:
+    """``text`` with every spelling a key may come back in undone: percent-encoding, HTML and JSON escapes."""
+    for _ in range(3):
+        text = urllib.parse.unquote(text)
+        text = html.unescape(text)
+        text = re.sub(r"\\+u([0-9a-fA-F]{4})", lambda match: chr(int(match.group(1), 16)), text)
+        text = re.sub(r"\\+x([0-9a-fA-F]{2})", lambda match: chr(int(match.group(1), 16)), text)
+        text = re.sub(r"\\+/", "/", text)
+    return text
+
+
+def _shows_slashed_key(text: str) -> bool:
+    return SLASHED in text or SLASHED in _spelled(text)
+
+
+ECHOES = {
+    "verbatim": SLASHED,
+    "json-slash": SLASHED.replace("/", "\\/"),
+    "json-unicode": "".join(f"\\u{ord(char):04x}" for char in SLASHED),
+    "json-unicode-upper": "".join(f"\\u{ord(char):04X}" for char in SLASHED),
+    "json-some-unicode": "".join(
+        f"\\u{ord(char):04x}" if index % 3 == 0 else char for index, char in enumerate(SLASHED)
+    ),
+    "percent": urllib.parse.quote(SLASHED, safe=""),
+    "percent-lower-hex": re.sub(
+        "%[0-9A-F]{2}", lambda match: match.group(0).lower(), urllib.parse.quote(SLASHED, safe="")
+    ),
+    "percent-twice": urllib.parse.quote(urllib.parse.quote(SLASHED, safe=""), safe=""),
+    "html": "".join(f"&#{ord(char)};" for char in SLASHED),
+    "doubly-escaped-json": json.dumps(json.dumps(SLASHED))[1:-1],
+}
+
+
+def test_the_spellings_undo_to_the_key() -> None:
+    """Each echo form of the tests below really spells the key (the scan would prove nothing otherwise)."""
+    for form in ECHOES.values():
+        assert _shows_slashed_key(form)
+
+
+@pytest.mark.parametrize("form", sorted(ECHOES))
+@pytest.mark.parametrize("where", ["400-message", "500-page", "200-failed-task", "200-extra-field", "request-id"])
+async def test_a_key_echoed_in_any_spelling_comes_back_out_nowhere(
+    form: str, where: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An echoed key, in any spelling and any place of an answer, is in no error, result, log record or traceback."""
+    caplog.set_level(logging.DEBUG)
+    echo = ECHOES[form]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if where == "400-message":
+            return httpx.Response(400, content=f'{{"code":400,"message":"bad key {echo}","data":null}}'.encode())
+        if where == "500-page":
+            return httpx.Response(500, content=f"<html><pre>Authorization: Bearer {echo}</pre></html>".encode())
+        if where == "request-id":
+            return httpx.Response(500, json={"code": 500, "message": "boom"}, headers={"x-request-id": f"r-{echo}"})
+        data = (
+            f'{{"task_id":"t1","status":"FAILED","error":"key {echo} is blocked"}}'
+            if where == "200-failed-task"
+            else f'{{"task_id":"t1","status":"SUCCESS","response":["https://cdn.example/1.png"],"seen":"{echo}"}}'
+        )
+        return httpx.Response(200, content=f'{{"code":200,"message":"success","data":{data}}}'.encode())
+
+    transport = httpx.MockTransport(handler)
+    shown: list[str] = []
+    async with AsyncBanana2(SLASHED, base_url=BASE, transport=transport, max_retries=0, poll_interval=0.01) as client:
+        try:
+            info = await client.status("t1")
+            shown += [repr(info), str(info), repr(info.model_extra), info.model_dump_json()]
+            result = await client.track("t1")
+            shown += [repr(result), result.model_dump_json()]
+        except Banana2Error as exc:
+            shown.append(_everything_about(exc))
+            shown.append(repr(getattr(exc, "body", None)))
+        try:
+            await client.submit("a fox")
+        except Banana2Error as exc:
+            shown.append(_everything_about(exc))
+            shown.append(repr(getattr(exc, "body", None)))
+    assert shown
+    for text in shown:
+        assert not _shows_slashed_key(text), text
+    for record in caplog.records:
+        assert not _shows_slashed_key(record.getMessage())
+        assert not _shows_slashed_key(repr(vars(record)))
+
+
+async def test_a_key_echoed_in_a_header_line_httpx_cannot_parse_is_not_in_the_traceback() -> None:
+    """A malformed answer whose header line echoes the key: the chained low-level errors do not quote it."""
+
+    async def serve(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            await stream.receive()
+            await stream.send(f"HTTP/1.1 200 OK\r\nX-Echo {SLASHED}\r\n\r\n".encode())
+
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with anyio.create_task_group() as group:
+            group.start_soon(listener.serve, serve)
+            async with AsyncBanana2(SLASHED, base_url=f"http://127.0.0.1:{port}", max_retries=0) as client:
+                with pytest.raises(Banana2Error) as caught:
+                    await client.status("t1")
+            group.cancel_scope.cancel()
+    assert not _shows_slashed_key(_everything_about(caught.value))
