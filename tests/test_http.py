@@ -986,8 +986,9 @@ async def test_status_and_track_refuse_a_task_id_no_url_can_hold(api: respx.Mock
 )
 def test_timeouts_are_checked_at_construction(option: str, value: object) -> None:
     """A timeout that is NaN, negative, zero, infinite or of the wrong type is refused by the constructor."""
+    options: dict[str, Any] = {option: value}
     with pytest.raises(InvalidRequestError) as caught:
-        AsyncBanana2(KEY, base_url=BASE, **{option: value})
+        AsyncBanana2(KEY, base_url=BASE, **options)
     assert caught.value.field is not None
     assert caught.value.field.startswith(option)
 

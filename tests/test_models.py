@@ -28,6 +28,7 @@ from banana2_async import (
 )
 from banana2_async._envelope import classify_status, decode_envelope, ok_envelope
 from banana2_async._models import MAX_IMAGES, MAX_PROMPT_LENGTH, parse_submit, parse_task
+from banana2_async._validate import MAX_URL_LENGTH
 
 BASE = "https://banana2api.com"
 KEY = "sk-models-test"
@@ -62,6 +63,15 @@ INVALID: list[tuple[str, dict[str, Any]]] = [
     ("images", {"prompt": "p", "images": ["example.com/cat.jpg"]}),
     ("images", {"prompt": "p", "images": ["https://"]}),
     ("images", {"prompt": "p", "images": ["http://[::1"]}),
+    ("images", {"prompt": "p", "images": ["https://example.com/a cat.jpg"]}),
+    ("images", {"prompt": "p", "images": [" https://example.com/cat.jpg"]}),
+    ("images", {"prompt": "p", "images": ["https://example.com/cat.jpg\n"]}),
+    ("images", {"prompt": "p", "images": ["https://example.com/\x00cat.jpg"]}),
+    ("images", {"prompt": "p", "images": ["https://example.com/\x7fcat.jpg"]}),
+    ("images", {"prompt": "p", "images": ["https://example.com/\ud800.jpg"]}),
+    ("images", {"prompt": "p", "images": ["https://example.com:99999/cat.jpg"]}),
+    ("images", {"prompt": "p", "images": ["https://example.com:port/cat.jpg"]}),
+    ("images", {"prompt": "p", "images": ["https://example.com/" + "x" * 8200]}),
     ("images", {"prompt": "p", "images": [URL, 7]}),
     ("images", {"prompt": "p", "images": [URL, None]}),
     ("images", {"prompt": "p", "images": []}),
@@ -130,6 +140,12 @@ def test_model_validate_accepts_what_the_constructor_accepts() -> None:
 def test_prompt_of_exactly_the_limit_is_accepted() -> None:
     """A prompt of 5000 characters is allowed."""
     assert len(GenerationRequest(prompt="x" * MAX_PROMPT_LENGTH).prompt) == MAX_PROMPT_LENGTH
+
+
+def test_an_image_url_of_the_documented_length_is_accepted() -> None:
+    """An image URL of up to 8,192 characters (signed URLs are long) is accepted; the cap is documented."""
+    url = "https://example.com/" + "x" * (MAX_URL_LENGTH - len("https://example.com/"))
+    assert GenerationRequest(prompt="p", images=[url]).images == (url,)
 
 
 def test_fourteen_images_are_accepted() -> None:

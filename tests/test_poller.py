@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import time
 import traceback
+import tracemalloc
 from typing import Any
 
 import anyio
@@ -835,3 +837,36 @@ async def test_poll_listeners_hear_every_answered_poll_and_never_break_the_polle
     assert heard == ["a"] * fake.polls["a"] + ["b"] * fake.polls["b"]
     assert fake.polls["c"] == 3
     assert "a poll listener raised" in caplog.text
+
+
+# -- memory per pending task -----------------------------------------------------------------------
+
+PAGE = b"<html>" + b"x" * (256 * 1024) + b"</html>"
+
+
+async def _memory_of_pending_tasks(count: int, reply: Any) -> int:
+    """Bytes traced while ``count`` tasks are pending, each polled once with ``reply``."""
+    fake = FakeAPI(lambda task_id: (reply,))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        async with open_client(fake, poll_interval=30.0, wait_timeout=None) as client:
+            before, _ = tracemalloc.get_traced_memory()
+            handles = [client.track(f"t{n:05d}") for n in range(count)]
+            await wait_until(lambda: fake.status_requests >= count)
+            await anyio.sleep(0.05)
+            gc.collect()
+            during, _ = tracemalloc.get_traced_memory()
+            assert not any(handle.done() for handle in handles)
+    finally:
+        tracemalloc.stop()
+    return during - before
+
+
+async def test_a_pending_task_keeps_no_error_page_alive() -> None:
+    """Tasks whose last poll got a 256 KiB 502 page cost under 4 KiB each more than tasks polled without error."""
+    count = 400
+    page = httpx.Response(502, content=PAGE, headers={"content-type": "text/html"})
+    baseline = await _memory_of_pending_tasks(count, "IN_PROGRESS")
+    with_errors = await _memory_of_pending_tasks(count, page)
+    assert (with_errors - baseline) / count < 4096
