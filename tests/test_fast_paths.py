@@ -101,7 +101,7 @@ def test_ok_envelope_refuses_what_is_not_an_envelope(content: bytes) -> None:
 
 # -- the requests of a poll and a submit ----------------------------------------------------------------
 
-_ANSWER = {"code": 200, "message": "success", "data": {"task_id": "t", "status": "IN_PROGRESS"}}
+_ANSWER: dict[str, Any] = {"code": 200, "message": "success", "data": {"task_id": "t", "status": "IN_PROGRESS"}}
 
 
 class _Recorder:
