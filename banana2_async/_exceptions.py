@@ -87,10 +87,11 @@ class InvalidRequestError(Banana2Error, ValueError):
 class APIConnectionError(Banana2Error):
     """The server could not be reached, or the connection broke.
 
-    ``kind`` says how: ``"connect"``, ``"connect-timeout"`` and ``"pool-timeout"``
-    mean the request was never sent; ``"read-timeout"``, ``"write-timeout"`` and
-    ``"network"`` mean it may have reached the server; ``"local"`` means it could
-    not be formed.
+    ``kind`` says how: ``"connect"``, ``"connect-timeout"``, ``"pool-timeout"`` and
+    ``"not-sent-in-time"`` (a submit's own deadline passed while it waited)
+    mean the request was never sent; ``"read-timeout"``, ``"write-timeout"``,
+    ``"network"`` and ``"deadline"`` (the whole-request deadline passed) mean it
+    may have reached the server; ``"local"`` means it could not be formed.
     """
 
     def __init__(self, message: str, *, kind: str = "network", method: str = "", path: str = "") -> None:
