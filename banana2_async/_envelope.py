@@ -25,6 +25,7 @@ __all__ = [
     "message_text",
     "ok_envelope",
     "plainly_running",
+    "readable",
 ]
 
 TaskState = Literal["success", "failed", "running", "unknown"]
@@ -41,6 +42,8 @@ MAX_KEPT_BODY: Final = 4096
 # A JSON escape of a surrogate: where one may stand alone, the decoded text is not valid Unicode.
 _SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89abcdefABCDEF]")
 _LONE_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+# Control characters other than tab and newline: shown as they are, a message could drive a terminal.
+_CONTROL: Final = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # The envelope's ``code`` when it is there but no status code (``true``, ``"²⁰⁰"``, 5,000 digits, ...).
 _GARBLED: Final = -1
 _MISSING: Final = object()
@@ -66,11 +69,16 @@ def message_text(value: object) -> str | None:
         return None
     if isinstance(value, Mapping):
         value = value.get("message") or value.get("error") or json.dumps(value, default=str)
-    return str(value)[:_MESSAGE_LIMIT]
+    return readable(str(value)[:_MESSAGE_LIMIT])
+
+
+def readable(text: str) -> str:
+    """``text`` with its control characters (a terminal's escape sequences among them) made U+FFFD."""
+    return _CONTROL.sub("\ufffd", text)
 
 
 def _excerpt(content: bytes) -> str:
-    return content[:EXCERPT_LIMIT].decode("utf-8", errors="replace")
+    return readable(content[:EXCERPT_LIMIT].decode("utf-8", errors="replace"))
 
 
 def _as_code(value: object) -> int | None:

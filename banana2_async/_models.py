@@ -257,6 +257,29 @@ class TaskInfo(_Tolerant):
     def _one_url_is_a_list(cls, value: object) -> object:
         return [value] if isinstance(value, str) else value
 
+    @field_validator("status", "type", "model", "created_at", mode="before")
+    @classmethod
+    def _text_or_nothing(cls, value: object) -> object:
+        # What the server says of a task beside its result: one of an impossible type is left out,
+        # so that a finished task is never lost over it.
+        return value if isinstance(value, str) else None
+
+    @field_validator("consumed_credits", mode="before")
+    @classmethod
+    def _credits_or_nothing(cls, value: object) -> object:
+        if type(value) is int:
+            return value
+        if type(value) is float and value.is_integer() and abs(value) < 2**53:
+            return int(value)
+        if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value) <= 18:
+            return int(value)
+        return None
+
+    @field_validator("request", mode="before")
+    @classmethod
+    def _mapping_or_nothing(cls, value: object) -> object:
+        return value if isinstance(value, dict) else None
+
     @property
     def state(self) -> TaskState:
         """``"success"``, ``"failed"``, ``"running"`` or ``"unknown"``."""
