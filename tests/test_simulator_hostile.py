@@ -46,10 +46,12 @@ ECHOED: Final[dict[EchoForm, str]] = {
 
 
 def _short(value: object) -> str:
-    """A test id for a poisoned value: its repr, cut short (a 5,000-digit int has none)."""
+    """A test id for a poisoned value: its repr, or its start and length (a 5,000-digit int has no repr)."""
     if isinstance(value, int) and abs(value) > 10**4000:
         return f"{'-' if value < 0 else ''}9x5000"
-    return repr(value)[:24]
+    if isinstance(value, str) and len(value) > 40:
+        return f"{value[:12]!r}..{len(value)}-chars"
+    return repr(value)[:40]
 
 
 def _needs(encoding: str) -> None:
