@@ -7,7 +7,7 @@ import json
 import math
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, MutableMapping
 from typing import Any, Final
 
 import anyio
@@ -484,3 +484,37 @@ async def test_hostile_rules_fire_by_probability(http: httpx.AsyncClient, sim: S
     echoed = [(await _poll(http, task_id)).headers["x-request-id"].startswith("req-") for _ in range(40)]
     assert 5 < sum(echoed) < 35
     assert rule.fired == sum(echoed)
+
+
+async def test_the_asgi_app_stops_dripping_when_the_client_leaves() -> None:
+    """Under any ASGI server, a drip stops sending once the client disconnects, and the app returns."""
+    sim = Simulator(api_key=KEY)
+    sim.inject(Fault.drip(0.01), on="status")
+    sent: list[MutableMapping[str, Any]] = []
+    left = anyio.Event()
+    requests = [{"type": "http.request", "body": b""}]
+
+    async def receive() -> MutableMapping[str, Any]:
+        if requests:
+            return requests.pop()
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+        if len(sent) == 4:
+            left.set()
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/api/status",
+        "query_string": b"task_id=x",
+        "headers": [(b"authorization", f"Bearer {KEY}".encode())],
+    }
+    with anyio.fail_after(2):
+        await sim.asgi_app()(scope, receive, send)
+    assert sent[0]["type"] == "http.response.start"
+    assert [message["body"] for message in sent[1:4]] == [b"{", b'"', b"c"]
+    assert len(sent) <= 5
+    assert all(message.get("more_body") for message in sent[1:])

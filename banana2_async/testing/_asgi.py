@@ -28,7 +28,9 @@ class SimulatorApp:
     A dropped connection needs the server's help to close the socket without
     an answer: ``drop_connection(scope)`` does it and returns True
     (`SimulatorServer` provides one). Without it, the app starts an answer and
-    then fails, which an ASGI server turns into an aborted connection.
+    then fails, which an ASGI server turns into an aborted connection. A body
+    the simulator sends in pieces (a drip, a compression bomb) goes out piece
+    by piece, and stops when the client leaves.
     """
 
     __slots__ = ("_drop_connection", "_simulator")
