@@ -274,7 +274,7 @@ class Fault:
             raise ValueError("a Retry-After value must be printable ASCII")
         if not 400 <= status <= 599:
             raise ValueError(f"an answer with Retry-After has a 4xx or 5xx status, not {status}")
-        return cls("poisoned_retry_after", status=status, value=value, message="too many requests")
+        return cls("poisoned_retry_after", status=status, value=value, message="try again later")
 
     @classmethod
     def poisoned_result_url(cls, url: str) -> Fault:
