@@ -24,9 +24,21 @@ if TYPE_CHECKING:
     from ._core import IN_PROCESS_BASE_URL as IN_PROCESS_BASE_URL
     from ._core import MODEL as MODEL
     from ._core import Simulator as Simulator
+    from ._faults import BOMB_ENCODINGS as BOMB_ENCODINGS
+    from ._faults import ECHO_FORMS as ECHO_FORMS
+    from ._faults import ECHO_PLACES as ECHO_PLACES
+    from ._faults import MISSING as MISSING
+    from ._faults import BombEncoding as BombEncoding
+    from ._faults import EchoForm as EchoForm
+    from ._faults import EchoPlace as EchoPlace
     from ._faults import Endpoint as Endpoint
     from ._faults import Fault as Fault
     from ._faults import FaultRule as FaultRule
+    from ._hostile import EMPTY_RESPONSES as EMPTY_RESPONSES
+    from ._hostile import POISONED_CODES as POISONED_CODES
+    from ._hostile import POISONED_RESULT_URLS as POISONED_RESULT_URLS
+    from ._hostile import POISONED_RETRY_AFTERS as POISONED_RETRY_AFTERS
+    from ._hostile import POISONED_TASK_IDS as POISONED_TASK_IDS
     from ._images import image_size as image_size
     from ._images import render_image as render_image
     from ._replies import Reply as Reply
@@ -37,12 +49,24 @@ if TYPE_CHECKING:
     from ._transport import SimulatorTransport as SimulatorTransport
 
 __all__ = [
+    "BOMB_ENCODINGS",
     "DEFAULT_API_KEY",
     "DEFAULT_CREDITS",
     "DEFAULT_LATENCY",
     "DROPPED",
+    "ECHO_FORMS",
+    "ECHO_PLACES",
+    "EMPTY_RESPONSES",
     "IN_PROCESS_BASE_URL",
+    "MISSING",
     "MODEL",
+    "POISONED_CODES",
+    "POISONED_RESULT_URLS",
+    "POISONED_RETRY_AFTERS",
+    "POISONED_TASK_IDS",
+    "BombEncoding",
+    "EchoForm",
+    "EchoPlace",
     "Endpoint",
     "Fault",
     "FaultRule",
@@ -59,12 +83,24 @@ __all__ = [
 ]
 
 _HOMES = {
+    "BOMB_ENCODINGS": "_faults",
     "DEFAULT_API_KEY": "_core",
     "DEFAULT_CREDITS": "_core",
     "DEFAULT_LATENCY": "_core",
     "DROPPED": "_stats",
+    "ECHO_FORMS": "_faults",
+    "ECHO_PLACES": "_faults",
+    "EMPTY_RESPONSES": "_hostile",
     "IN_PROCESS_BASE_URL": "_core",
+    "MISSING": "_faults",
     "MODEL": "_core",
+    "POISONED_CODES": "_hostile",
+    "POISONED_RESULT_URLS": "_hostile",
+    "POISONED_RETRY_AFTERS": "_hostile",
+    "POISONED_TASK_IDS": "_hostile",
+    "BombEncoding": "_faults",
+    "EchoForm": "_faults",
+    "EchoPlace": "_faults",
     "Endpoint": "_faults",
     "Fault": "_faults",
     "FaultRule": "_faults",

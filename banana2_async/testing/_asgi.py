@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -10,7 +11,6 @@ import anyio.to_thread
 
 if TYPE_CHECKING:
     from ._core import Simulator
-    from ._replies import Reply
 
 __all__ = ["SimulatorApp"]
 
@@ -28,7 +28,9 @@ class SimulatorApp:
     A dropped connection needs the server's help to close the socket without
     an answer: ``drop_connection(scope)`` does it and returns True
     (`SimulatorServer` provides one). Without it, the app starts an answer and
-    then fails, which an ASGI server turns into an aborted connection.
+    then fails, which an ASGI server turns into an aborted connection. A body
+    the simulator sends in pieces (a drip, a compression bomb) goes out piece
+    by piece, and stops when the client leaves.
     """
 
     __slots__ = ("_drop_connection", "_simulator")
@@ -56,21 +58,17 @@ class SimulatorApp:
         host = headers.get("host") or _address(scope.get("server"))
         path: str = scope["path"]
 
-        def answer() -> Reply:
-            return self._simulator.handle(
-                scope["method"],
-                path,
-                query=scope.get("query_string", b"").decode("latin-1"),
-                headers=headers,
-                body=body,
-                base_url=f"{scope.get('scheme', 'http')}://{host}",
-            )
-
-        if path.startswith("/results/"):
-            # The first encoding of a large image takes a few dozen milliseconds: keep the server's loop free.
-            reply = await anyio.to_thread.run_sync(answer)
-        else:
-            reply = answer()
+        reply, finish = self._simulator._respond(
+            scope["method"],
+            path,
+            query=scope.get("query_string", b"").decode("latin-1"),
+            headers=headers,
+            body=body,
+            base_url=f"{scope.get('scheme', 'http')}://{host}",
+        )
+        if finish is not None:
+            # Encoding a large image, or a compression bomb the first time, takes a while: keep the server's loop free.
+            reply = await anyio.to_thread.run_sync(finish)
 
         if reply.delay > 0 and await _client_left_within(receive, reply.delay):
             return
@@ -80,7 +78,10 @@ class SimulatorApp:
         response_headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in reply.headers]
         response_headers.append((b"content-length", str(len(reply.body)).encode("ascii")))
         await send({"type": "http.response.start", "status": reply.status, "headers": response_headers})
-        await send({"type": "http.response.body", "body": reply.body})
+        if reply.chunk:
+            await _send_in_pieces(receive, send, reply.body, reply.chunk, reply.every)
+        else:
+            await send({"type": "http.response.body", "body": reply.body})
 
     async def _drop(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._drop_connection is not None and self._drop_connection(scope):
@@ -110,6 +111,23 @@ async def _read_body(receive: Receive) -> bytes | None:
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+async def _send_in_pieces(receive: Receive, send: Send, body: bytes, chunk: int, every: float) -> None:
+    """Send ``body`` ``chunk`` bytes at a time, ``every`` seconds apart; stop if the client leaves."""
+    async with anyio.create_task_group() as task_group:
+
+        async def stop_when_the_client_leaves() -> None:
+            await _client_left_within(receive, math.inf)
+            task_group.cancel_scope.cancel()
+
+        task_group.start_soon(stop_when_the_client_leaves)
+        for start in range(0, len(body), chunk):
+            if every > 0:
+                await anyio.sleep(every)
+            await send({"type": "http.response.body", "body": body[start : start + chunk], "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        task_group.cancel_scope.cancel()
 
 
 async def _client_left_within(receive: Receive, seconds: float) -> bool:

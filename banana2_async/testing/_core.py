@@ -3,7 +3,8 @@
 `Simulator.handle` answers one HTTP request as the NanoBanana 2 API would and
 returns a `Reply`; the faces (an httpx transport, an ASGI app) only move bytes.
 Everything here is synchronous and guarded by one lock, so a server thread and
-the test's own thread can share a simulator.
+the test's own thread can share a simulator. The costly part of an answer (an
+image to render, a compression bomb to build) is done outside the lock.
 """
 
 from __future__ import annotations
@@ -17,17 +18,19 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
-from datetime import datetime, timezone
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs
 
 from banana2_async._exceptions import InvalidRequestError
 from banana2_async._models import GenerationRequest
 
-from ._faults import Endpoint, Fault, FaultRule, pick_fault
+from ._faults import MISSING, Endpoint, Fault, FaultRule, pick_fault
+from ._hostile import MARKER, echo_text
 from ._images import content_type, render_image
-from ._replies import Reply, error, fault_reply, ok, route, with_extra_fields
+from ._replies import Reply, answer_fault, compression_bomb, error, fault_reply, ok, route
 from ._stats import DROPPED, SimulatedTask, SimulatorStats
+from ._tasks import RESULT_URL, Task
 
 if TYPE_CHECKING:
     from banana2_async._client import AsyncBanana2
@@ -56,36 +59,9 @@ DEFAULT_LATENCY: Final[Mapping[str, tuple[float, float]]] = {
 }
 
 
-class _Task:
-    __slots__ = ("api_key", "created", "created_at", "failure", "finished_at", "interim", "request", "task_id")
+_MARKER_BYTES: Final = MARKER.encode()
 
-    def __init__(
-        self, task_id: str, api_key: str, request: GenerationRequest, created: float, finished_at: float
-    ) -> None:
-        self.task_id = task_id
-        self.api_key = api_key
-        self.request = request
-        self.created = created
-        self.finished_at = finished_at
-        self.created_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        self.failure: tuple[str, str] | None = None
-        self.interim: tuple[str, ...] = ()
-
-    def status(self, now: float) -> str:
-        """What a poll at ``now`` reports."""
-        if now >= self.finished_at:
-            return self.failure[0] if self.failure else "SUCCESS"
-        if self.interim:
-            # The interim statuses and IN_PROGRESS share the running time equally.
-            share = (now - self.created) / (self.finished_at - self.created)
-            step = int(share * (len(self.interim) + 1))
-            if step < len(self.interim):
-                return self.interim[step]
-        return "IN_PROGRESS"
-
-    def extension(self) -> str:
-        """The output format, which is also the result file's extension."""
-        return self.request.output_format or "png"
+_Image = tuple[str, str, str, str]
 
 
 class Simulator:
@@ -157,7 +133,7 @@ class Simulator:
         self._id_rng = random.Random(None if seed is None else seed + 1)
         self._fault_rng = random.Random(None if seed is None else seed + 2)
         self._accounts: dict[str, int] = {api_key: credits}
-        self._tasks: dict[str, _Task] = {}
+        self._tasks: dict[str, Task] = {}
         self._rules: list[FaultRule] = []
         self._requests: Counter[tuple[str, int]] = Counter()
         self._polls: dict[str, list[float]] = {}
@@ -282,7 +258,7 @@ class Simulator:
         with self._lock:
             return self._snapshot(self._tasks[task_id], self._clock())
 
-    def _snapshot(self, task: _Task, now: float) -> SimulatedTask:
+    def _snapshot(self, task: Task, now: float) -> SimulatedTask:
         return SimulatedTask(
             task_id=task.task_id,
             prompt=task.request.prompt,
@@ -347,24 +323,43 @@ class Simulator:
         ``base_url`` is where the caller reached the simulator; result URLs
         point there. Header names are matched without regard to case.
         """
+        reply, finish = self._respond(method, path, query=query, headers=headers, body=body, base_url=base_url)
+        return reply if finish is None else finish()
+
+    def _respond(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: str = "",
+        headers: Mapping[str, str] | None = None,
+        body: bytes = b"",
+        base_url: str = IN_PROCESS_BASE_URL,
+    ) -> tuple[Reply, Callable[[], Reply] | None]:
+        """`handle` in two steps: the answer, and what is left to do to it (``None`` if nothing).
+
+        The second step renders an image or builds a compression bomb: the
+        faces run it in a worker thread, off their event loop.
+        """
         lowered = {name.lower(): value for name, value in (headers or {}).items()}
-        image: tuple[str, str, str, str] | None = None
+        image: _Image | None = None
+        bomb: Fault | None = None
         with self._lock:
             self._request_count += 1
             request_id = f"sim-{self._request_count:06d}"
             now = self._clock()
             endpoint, allowed = route(path)
             if endpoint is None:
-                reply = error(404, f"no such endpoint: {method} {path}")
+                reply = error(404, f"no such endpoint: {method} {path}", headers=(("x-request-id", request_id),))
             elif method.upper() not in allowed:
-                reply = error(405, f"{path} takes {' or '.join(allowed)}, not {method}")
+                message = f"{path} takes {' or '.join(allowed)}, not {method}"
+                reply = error(405, message, headers=(("x-request-id", request_id),))
             else:
-                reply, image = self._dispatch(endpoint, path, query, lowered, body, base_url, now)
-            reply = replace(reply, headers=(*reply.headers, ("x-request-id", request_id)))
+                reply, image, bomb = self._dispatch(endpoint, path, query, lowered, body, base_url, now, request_id)
             self._requests[(endpoint or "other", DROPPED if reply.drop else reply.status)] += 1
-        if image is not None:
-            reply = replace(reply, body=render_image(*image))
-        return reply
+        if image is None and bomb is None:
+            return reply, None
+        return reply, partial(_finish, reply, image, bomb)
 
     def _dispatch(
         self,
@@ -375,7 +370,8 @@ class Simulator:
         body: bytes,
         base_url: str,
         now: float,
-    ) -> tuple[Reply, tuple[str, str, str, str] | None]:
+        request_id: str,
+    ) -> tuple[Reply, _Image | None, Fault | None]:
         task_id = ""
         if endpoint == "status":
             task_id = parse_qs(query, keep_blank_values=True).get("task_id", [""])[0]
@@ -383,10 +379,11 @@ class Simulator:
                 self._polls.setdefault(task_id, []).append(now)
 
         fault = pick_fault(self._rules, endpoint, "arrival", self._fault_rng)
-        account = self._account(headers)
+        key = _bearer(headers)
+        account = key if key in self._accounts else None
         image = None
         if fault is not None:
-            reply = fault_reply(fault)
+            reply = fault_reply(fault, key)
         elif endpoint == "result":
             reply, image = self._result(path, now)
         elif account is None:
@@ -395,21 +392,16 @@ class Simulator:
             reply = self._generate(account, body, now)
         else:
             reply = self._status(account, task_id, base_url, now)
+        reply = replace(reply, headers=(*reply.headers, ("x-request-id", request_id)))
 
         fault = pick_fault(self._rules, endpoint, "answer", self._fault_rng)
-        if fault is not None and fault.kind == "slow":
-            reply = replace(reply, delay=fault.seconds)
+        bomb = None
+        if fault is not None and fault.kind == "compression_bomb":
+            bomb = fault
         elif fault is not None:
-            reply = with_extra_fields(reply, fault)
+            reply = answer_fault(reply, fault, key)
         self._rules = [rule for rule in self._rules if rule.active]
-        return reply, image
-
-    def _account(self, headers: Mapping[str, str]) -> str | None:
-        scheme, _, key = headers.get("authorization", "").strip().partition(" ")
-        key = key.strip()
-        if scheme.lower() != "bearer" or key not in self._accounts:
-            return None
-        return key
+        return reply, image, bomb
 
     def _generate(self, api_key: str, body: bytes, now: float) -> Reply:
         try:
@@ -439,7 +431,7 @@ class Simulator:
         task_id = self._new_task_id()
         low, high = self._latency[request.resolution or "1k"]
         seconds = 0.0 if math.isinf(self._speed) else self._latency_rng.uniform(low, high) / self._speed
-        task = _Task(task_id, api_key, request, now, now + seconds)
+        task = Task(task_id, api_key, request, now, now + seconds)
         self._tasks[task_id] = task
 
         fault = pick_fault(self._rules, "generate", "create", self._fault_rng)
@@ -447,6 +439,11 @@ class Simulator:
             task.failure = (fault.statuses[0], fault.message)
         elif fault is not None and fault.kind == "in_flight_statuses":
             task.interim = fault.statuses
+        elif fault is not None and fault.kind in ("empty_success", "poisoned_result_url"):
+            task.response = fault.value
+        elif fault is not None and fault.form is not None:
+            task.failure = ("FAILED", f"generation failed for the API key {MARKER}")
+            task.echo = echo_text(api_key, fault.form, in_json=True).encode("utf-8")
         elif fault is not None:
             return fault_reply(fault)
         return ok({"task_id": task_id, "type": request.task_type, "status": "IN_PROGRESS"})
@@ -477,11 +474,18 @@ class Simulator:
         }
         if finished and task.failure:
             data["error"] = task.failure[1]
-        elif finished:
+        elif finished and task.response is RESULT_URL:
             data["response"] = [f"{base_url.rstrip('/')}/results/{task.task_id}/0.{task.extension()}"]
-        return ok(data)
+        elif finished and task.response is MISSING:
+            del data["response"]
+        elif finished:
+            data["response"] = task.response
+        reply = ok(data)
+        if finished and task.echo is not None:
+            return replace(reply, body=reply.body.replace(_MARKER_BYTES, task.echo))
+        return reply
 
-    def _result(self, path: str, now: float) -> tuple[Reply, tuple[str, str, str, str] | None]:
+    def _result(self, path: str, now: float) -> tuple[Reply, _Image | None]:
         task_id, _, name = path.removeprefix("/results/").partition("/")
         task = self._tasks.get(task_id)
         if task is None or name != f"0.{task.extension()}" or now < task.finished_at or task.failure:
@@ -492,3 +496,18 @@ class Simulator:
         fmt = task.extension()
         reply = Reply(200, (("content-type", content_type(fmt)),), b"")
         return reply, (request.prompt, request.aspect_ratio or "1:1", request.resolution or "1k", fmt)
+
+
+def _bearer(headers: Mapping[str, str]) -> str:
+    """The key of an ``Authorization: Bearer <key>`` header; empty for any other."""
+    scheme, _, key = headers.get("authorization", "").strip().partition(" ")
+    return key.strip() if scheme.lower() == "bearer" else ""
+
+
+def _finish(reply: Reply, image: _Image | None, bomb: Fault | None) -> Reply:
+    """The costly part of an answer: render its image, then wrap it in a compression bomb."""
+    if image is not None:
+        reply = replace(reply, body=render_image(*image))
+    if bomb is not None:
+        reply = compression_bomb(reply, bomb)
+    return reply
