@@ -35,7 +35,7 @@ from ._exceptions import (
     SubmissionUncertainError,
 )
 from ._retry import Failure, backoff, outcome_of, retry_after_seconds, status_decision, submit_decision
-from ._secret import Secret
+from ._secret import Secret, redact_library_logs
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -242,6 +242,7 @@ class Wire:
         self._request_timeout = request_timeout
         # A server may echo the key, in any spelling; it is blanked out of every answer before it is read.
         self._secret = Secret(api_key)
+        redact_library_logs(self._secret)
 
     @property
     def http_client(self) -> httpx.AsyncClient:

@@ -10,10 +10,12 @@ spellings at once, so a mixed spelling is found too. Pure: no I/O.
 
 from __future__ import annotations
 
+import logging
 import re
+import weakref
 from typing import Final
 
-__all__ = ["MIN_REDACTED", "REDACTED", "Secret"]
+__all__ = ["MIN_REDACTED", "REDACTED", "Secret", "redact_library_logs"]
 
 REDACTED: Final = "[redacted]"
 # Shorter keys are not looked for: a two-letter "key" would blank out half of every answer.
@@ -59,7 +61,7 @@ class Secret:
     costs no regular expression.
     """
 
-    __slots__ = ("_pattern", "_text", "_text_pattern", "_verbatim")
+    __slots__ = ("__weakref__", "_pattern", "_text", "_text_pattern", "_verbatim")
 
     def __init__(self, key: str) -> None:
         self._verbatim: bytes | None = None
@@ -127,3 +129,58 @@ class Secret:
         if isinstance(value, (bytes, bytearray)):
             return self.redact(bytes(value))
         return value
+
+
+# The loggers of the libraries below the SDK that may log what a server sent: httpcore logs each
+# answer's headers at DEBUG (hpack too, over HTTP/2), where an echoed key would be.
+_LIBRARY_LOGGERS: Final = (
+    "httpx",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+    "httpcore.socks",
+    "hpack.hpack",
+    "hpack.table",
+    "h2.connection",
+    "banana2_async",
+)
+
+
+class _RedactingFilter(logging.Filter):
+    """Blanks out the key of every live client from the records of the loggers it is attached to.
+
+    A filter runs only for a record that is made, so a logger below DEBUG
+    costs nothing more.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("banana2_async.redact")
+        self.secrets: weakref.WeakSet[Secret] = weakref.WeakSet()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        secrets = list(self.secrets)
+        if not secrets:
+            return True
+        message = record.getMessage()
+        redacted = message
+        for secret in secrets:
+            redacted = secret.redact_text(redacted)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+_FILTER: Final = _RedactingFilter()
+
+
+def redact_library_logs(secret: Secret) -> None:
+    """Keep ``secret`` out of the log records of httpx, httpcore, hpack, h2 and the SDK while it lives."""
+    if secret._verbatim is None:
+        return
+    if not _FILTER.secrets:
+        for name in _LIBRARY_LOGGERS:
+            logger = logging.getLogger(name)
+            if _FILTER not in logger.filters:
+                logger.addFilter(_FILTER)
+    _FILTER.secrets.add(secret)

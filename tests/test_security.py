@@ -657,3 +657,26 @@ async def test_a_key_echoed_in_a_header_line_httpx_cannot_parse_is_not_in_the_tr
                     await client.status("t1")
             group.cancel_scope.cancel()
     assert not _shows_slashed_key(_everything_about(caught.value))
+
+
+async def test_a_key_echoed_in_a_header_is_in_no_library_log_record(caplog: pytest.LogCaptureFixture) -> None:
+    """httpcore logs each answer's headers at DEBUG: a key a server echoes in one is blanked out there too."""
+    caplog.set_level(logging.DEBUG)
+
+    async def serve(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            await stream.receive()
+            body = b'{"code":200,"data":{"task_id":"t1","status":"IN_PROGRESS"}}'
+            head = f"HTTP/1.1 200 OK\r\nx-request-id: {urllib.parse.quote(SLASHED, safe='')}\r\n"
+            await stream.send(f"{head}content-length: {len(body)}\r\n\r\n".encode() + body)
+
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with anyio.create_task_group() as group:
+            group.start_soon(listener.serve, serve)
+            async with AsyncBanana2(SLASHED, base_url=f"http://127.0.0.1:{port}", max_retries=0) as client:
+                await client.status("t1")
+            group.cancel_scope.cancel()
+    assert any(record.name.startswith("httpcore") for record in caplog.records), "httpcore logged nothing"
+    for record in caplog.records:
+        assert not _shows_slashed_key(record.getMessage()), record.getMessage()
