@@ -199,11 +199,19 @@ def _unwritable_dir(tmp_path: Path, kind: str) -> Path:
     [
         ("revoked while waiting", None, 3),
         ("fails", None, 1),
+        ("empty success", None, 1),
         ("expired result", "dir", 1),
         ("fine", "under-a-file", 1),
         ("fine", "sysfs", 1),
     ],
-    ids=["401-while-waiting", "task-failed", "download-failed", "out-under-a-file", "out-not-writable"],
+    ids=[
+        "401-while-waiting",
+        "task-failed",
+        "empty-success",
+        "download-failed",
+        "out-under-a-file",
+        "out-not-writable",
+    ],
 )
 def test_a_paid_task_is_named_on_every_way_out(
     api: HostileAPI, tmp_path: Path, prompt: str, out: str | None, exit_code: int, as_json: bool
@@ -218,6 +226,8 @@ def test_a_paid_task_is_named_on_every_way_out(
     _names_the_task(result, task_id, as_json=as_json)
     if exit_code != 1 or out is not None:
         assert f"banana2 wait {task_id}" in result.stderr
+    if prompt == "empty success":
+        assert "EmptyResultError" in result.stderr
 
 
 def test_edit_names_its_task_too(api: HostileAPI) -> None:

@@ -20,6 +20,7 @@ from banana2_async._exceptions import (
     AuthenticationError,
     Banana2Error,
     ClientClosedError,
+    EmptyResultError,
     InsufficientCreditsError,
     InvalidRequestError,
     TaskError,
@@ -115,6 +116,12 @@ async def _one_task(output: Output, client: AsyncBanana2, request: GenerationReq
         try:
             with waiting:
                 result = await handle
+            if not any(url.lower().startswith(("http://", "https://")) for url in result.images):
+                raise EmptyResultError(
+                    f"task {result.task_id} reported success but gave no usable image URL",
+                    task_id=result.task_id,
+                    consumed_credits=result.consumed_credits,
+                )
         except TaskError as exc:
             _show_task_error(output, exc)
             return EXIT_FAILED
