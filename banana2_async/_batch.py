@@ -35,10 +35,14 @@ from ._exceptions import (
     BadRequestError,
     Banana2Error,
     BudgetExceededError,
+    ClientClosedError,
+    DownloadError,
+    EmptyResultError,
     InsufficientCreditsError,
     InvalidRequestError,
     NotFoundError,
     SubmissionUncertainError,
+    TaskError,
     TaskFailedError,
 )
 from ._handle import TaskHandle
@@ -70,6 +74,10 @@ DEFAULT_CONCURRENCY: Final = DEFAULT_BATCH_CONCURRENCY
 OutcomeStatus = Literal["succeeded", "failed", "uncertain", "unsubmitted"]
 EventKind = Literal["submitted", "tracked", "polled", "succeeded", "failed"]
 _Kind = Literal["submit", "track", "uncertain", "succeeded", "failed"]
+
+# A server's message can be of any length; the journal keeps enough of it to say what happened.
+_MAX_REASON: Final = 2000
+_HTTP_SCHEMES: Final = ("http://", "https://")
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +231,19 @@ def plan_batch(
 
 
 def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+    """An error as the journal and the log keep it: its class and message, cut to a readable length."""
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 1] + "…"
+
+
+def _usable_images(result: GenerationResult) -> list[str]:
+    return [url for url in result.images if isinstance(url, str) and url[:8].lower().startswith(_HTTP_SCHEMES)]
+
+
+def _download_error(task_id: str, exc: Exception) -> DownloadError:
+    error = DownloadError(f"the images of task {task_id} could not be saved: {_describe(exc)}", url="", task_id=task_id)
+    error.__cause__ = exc
+    return error
 
 
 def _outcome_of(event: BatchEvent) -> BatchOutcome | None:
@@ -429,7 +449,8 @@ class Batch:
             outcome = await (self._track(item) if item.kind == "track" else self._submit(item))
             self._finish(outcome)
         except Exception as exc:
-            # A journal that cannot be written (or a bug) ends the run: going on would spend blind.
+            # Whatever one request's answers hold ends that request only (see `_submit` and `_settle`);
+            # what gets here is a journal that cannot be written, and going on would spend blind.
             self._fatal = exc
             assert self._scope is not None
             self._scope.cancel()
@@ -445,7 +466,7 @@ class Batch:
         index, request = item.index, item.request
         if self._halted is not None:
             return self._unsubmitted(item)
-        # Cancellation is honoured here, before the row says a POST is under way, and not after.
+        # Cancellation is honoured here, before the row says a POST is under way.
         await anyio.lowlevel.checkpoint()
         try:
             self._client._require_open()
@@ -455,33 +476,80 @@ class Batch:
             return self._unsubmitted(item)
         with anyio.CancelScope(shield=True):
             await self._journal.mark_submitting(index)
-            try:
-                handle = await self._client.submit_request(request, wait_timeout=self._wait_timeout)
-            except SubmissionUncertainError as exc:
-                await self._journal.mark_uncertain(index, _describe(exc))
-                return BatchOutcome(index, request, "uncertain", error=exc)
-            except BadRequestError as exc:
-                # The server rejects the request itself: sending it again would fail the same way.
-                await self._journal.mark_failed(index, _describe(exc), final=True)
-                return BatchOutcome(index, request, "failed", error=exc)
-            except (InsufficientCreditsError, AuthenticationError) as exc:
-                self._halt(exc)
-                await self._journal.mark_unsent(index, _describe(exc))
-                status: OutcomeStatus = "unsubmitted" if isinstance(exc, InsufficientCreditsError) else "failed"
-                return BatchOutcome(index, request, status, error=exc)
-            except Banana2Error as exc:
-                # Any other error of a submit means it was refused or never sent: not paid for.
-                await self._journal.mark_unsent(index, _describe(exc))
-                return BatchOutcome(index, request, "failed", error=exc)
+        try:
+            # Not shielded: a run that is closed abandons a submit still waiting for the rate gate,
+            # a slot or a 429/503 retry. The wire awaits the answer of a request it has sent whatever
+            # happens to its caller, so a task id the server charged for always comes back here.
+            handle = await self._client.submit_request(request, wait_timeout=self._wait_timeout)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self._abandoned(index)
+            raise
+        except Exception as exc:
+            with anyio.CancelScope(shield=True):
+                return await self._submit_failed(item, exc)
+        with anyio.CancelScope(shield=True):
             self._in_flight[handle.task_id] = index
             # Before the journal write, so no poll of the task is reported ahead of its submit.
             self._emit(BatchEvent("submitted", index, request, handle.task_id))
             await self._journal.mark_submitted(index, handle.task_id)
         return await self._settle(item, handle)
 
+    async def _abandoned(self, index: int) -> None:
+        """Record a submit the run gave up on before its request was sent (again)."""
+        # Between attempts the wire holds no answer in flight. Only a client that retries a submit
+        # which may have landed can have been paid for one: that row stays uncertain.
+        if bool(getattr(getattr(self._client, "_wire", None), "_retry_uncertain", True)):
+            await self._journal.mark_uncertain(
+                index,
+                "the run was closed while this request waited to be sent again; an earlier attempt may have landed",
+            )
+        else:
+            await self._journal.mark_unsent(index, "the run was closed before this request was sent")
+
+    async def _submit_failed(self, item: _Item, exc: Exception) -> BatchOutcome:
+        index, request = item.index, item.request
+        if isinstance(exc, SubmissionUncertainError):
+            await self._journal.mark_uncertain(index, _describe(exc))
+            return BatchOutcome(index, request, "uncertain", error=exc)
+        if isinstance(exc, BadRequestError):
+            # The server rejects the request itself: sending it again would fail the same way.
+            await self._journal.mark_failed(index, _describe(exc), final=True)
+            return BatchOutcome(index, request, "failed", error=exc)
+        if isinstance(exc, (InsufficientCreditsError, AuthenticationError)):
+            self._halt(exc)
+            await self._journal.mark_unsent(index, _describe(exc))
+            status: OutcomeStatus = "unsubmitted" if isinstance(exc, InsufficientCreditsError) else "failed"
+            return BatchOutcome(index, request, status, error=exc)
+        if isinstance(exc, RuntimeError) and self._client._closed:
+            # The client was closed under the run before this request went out.
+            self._halt(exc)
+            await self._journal.mark_unsent(index, _describe(exc))
+            return self._unsubmitted(item)
+        if isinstance(exc, Banana2Error):
+            # Any other error of a submit means it was refused or never sent: not paid for.
+            await self._journal.mark_unsent(index, _describe(exc))
+            return BatchOutcome(index, request, "failed", error=exc)
+        # Not an error of the SDK's own: nothing says the request was not sent, or not paid for.
+        logger.warning(
+            "bulk run: request %d failed unexpectedly (%s); it may have been paid for", index, _describe(exc)
+        )
+        uncertain = SubmissionUncertainError(
+            f"POST /api/generate failed unexpectedly ({_describe(exc)}); it may have reached the server and "
+            "been paid for, so it is not sent again",
+            request=request,
+        )
+        uncertain.__cause__ = exc
+        await self._journal.mark_uncertain(index, _describe(uncertain))
+        return BatchOutcome(index, request, "uncertain", error=uncertain)
+
     async def _track(self, item: _Item) -> BatchOutcome:
         assert item.task_id is not None
-        handle = self._client.track(item.task_id, wait_timeout=self._wait_timeout)
+        try:
+            handle = self._client.track(item.task_id, wait_timeout=self._wait_timeout)
+        except Exception as exc:
+            # A task id this client cannot poll (or a closed client): that row fails, the others go on.
+            return await self._task_failed(item, item.task_id, exc)
         self._in_flight[item.task_id] = item.index
         self._emit(BatchEvent("tracked", item.index, item.request, item.task_id))
         return await self._settle(item, handle)
@@ -490,27 +558,53 @@ class Batch:
         index, request, task_id = item.index, item.request, handle.task_id
         try:
             result = await handle
-        except (TaskFailedError, NotFoundError) as exc:
-            # The server says the task failed, or does not know it: tracking it again changes nothing.
-            await self._journal.mark_failed(index, _describe(exc), final=True)
-            return BatchOutcome(index, request, "failed", task_id=task_id, error=exc)
-        except Banana2Error as exc:
-            # Our deadline, a closed client, a refused key: the task may still finish; a later run tracks it.
-            if isinstance(exc, AuthenticationError):
-                self._halt(exc)
-            await self._journal.mark_failed(index, _describe(exc), final=False)
-            return BatchOutcome(index, request, "failed", task_id=task_id, error=exc)
+        except Exception as exc:
+            return await self._task_failed(item, task_id, exc)
         finally:
             self._in_flight.pop(task_id, None)
+        if not _usable_images(result):
+            # A success without an image to show for it is not a success, paid for or not.
+            empty = EmptyResultError(
+                f"task {task_id} reported success but gave no usable image URL",
+                task_id=task_id,
+                consumed_credits=result.consumed_credits,
+            )
+            return await self._task_failed(item, task_id, empty)
         files: tuple[Path, ...] = ()
         if self._dest_dir is not None:
             try:
                 files = tuple(await self._client.download(result, self._dest_dir))
-            except Banana2Error as exc:
-                await self._journal.mark_failed(index, _describe(exc), final=False, images=result.images)
-                return BatchOutcome(index, request, "failed", task_id=task_id, result=result, error=exc)
+            except Exception as exc:
+                error = exc if isinstance(exc, Banana2Error) else _download_error(task_id, exc)
+                await self._journal.mark_failed(index, _describe(error), final=False, images=result.images)
+                return BatchOutcome(index, request, "failed", task_id=task_id, result=result, error=error)
+            if not files:
+                error = DownloadError(f"no image of task {task_id} was written", url="", task_id=task_id)
+                await self._journal.mark_failed(index, _describe(error), final=False, images=result.images)
+                return BatchOutcome(index, request, "failed", task_id=task_id, result=result, error=error)
         await self._journal.mark_succeeded(index, result.images, [str(path) for path in files])
         return BatchOutcome(index, request, "succeeded", task_id=task_id, result=result, files=files)
+
+    async def _task_failed(self, item: _Item, task_id: str, exc: Exception) -> BatchOutcome:
+        """Record the end of a task that did not succeed, and whether a later run tracks it again."""
+        error: Banana2Error
+        if isinstance(exc, (TaskFailedError, NotFoundError, InvalidRequestError)):
+            # The server says the task failed or does not know it, or its id cannot be polled:
+            # tracking it again changes nothing.
+            error, final = exc, True
+        elif isinstance(exc, Banana2Error):
+            # Our deadline, a closed client, a refused key: the task may still finish; a later run tracks it.
+            if isinstance(exc, AuthenticationError):
+                self._halt(exc)
+            error, final = exc, False
+        elif isinstance(exc, RuntimeError) and self._client._closed:
+            error, final = ClientClosedError(task_id), False
+        else:
+            logger.warning("bulk run: task %s could not be watched (%s)", task_id, _describe(exc))
+            error, final = TaskError(f"task {task_id} could not be watched: {_describe(exc)}", task_id=task_id), False
+            error.__cause__ = exc
+        await self._journal.mark_failed(item.index, _describe(error), final=final)
+        return BatchOutcome(item.index, item.request, "failed", task_id=task_id, error=error)
 
     def _unsubmitted(self, item: _Item) -> BatchOutcome:
         return BatchOutcome(item.index, item.request, "unsubmitted", error=self._halted)

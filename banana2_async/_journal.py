@@ -17,12 +17,15 @@ a later run tracks the task instead of paying for it twice.
 
 A run holds its journal exclusively (sqlite's exclusive locking mode), so two
 runs of one job never submit the same row. A file that is not a journal of
-this job is never written to.
+this job is never written to. A journal that cannot be written (a read-only
+file, directory or file system) is refused before the run starts, as
+``JournalError(reason="io")`` saying so, never as a corrupt one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -54,6 +57,20 @@ FORMAT: Final = "banana2-journal"
 _BUSY_TIMEOUT: Final = 0.2
 _SQLITE_BUSY: Final = 5
 _SQLITE_LOCKED: Final = 6
+# Primary result codes of a database that could not be read or written, as opposed to one that is damaged.
+_SQLITE_UNUSABLE: Final = frozenset(
+    {
+        3,  # SQLITE_PERM
+        8,  # SQLITE_READONLY
+        10,  # SQLITE_IOERR
+        13,  # SQLITE_FULL
+        14,  # SQLITE_CANTOPEN
+        22,  # SQLITE_NOLFS
+        23,  # SQLITE_AUTH
+    }
+)
+_UNUSABLE_WORDS: Final = ("readonly", "read-only", "unable to open", "disk i/o", "full")
+_READ_ONLY_ERRNOS: Final = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 
 _SCHEMA: Final = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -114,10 +131,61 @@ def _is_busy(exc: sqlite3.Error) -> bool:
     return "locked" in str(exc)  # pragma: no cover - Python 3.10 has no error codes
 
 
+def _is_unusable(exc: sqlite3.Error) -> bool:
+    """Whether sqlite could not read or write the file (permissions, a read-only or full disk), not parse it."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _SQLITE_UNUSABLE
+    text = str(exc).lower()  # pragma: no cover - Python 3.10 has no error codes
+    return any(
+        word in text for word in ("readonly", "read-only", "unable to open", "disk i/o", "full")
+    )  # pragma: no cover
+
+
+def _unwritable(path: Path, what: str, exc: OSError) -> JournalError:
+    reason = exc.strerror or type(exc).__name__
+    if exc.errno in _READ_ONLY_ERRNOS:
+        message = f"cannot be written: {what} is read-only or not writable ({reason}); it was left untouched"
+    else:
+        message = f"cannot be written: {what} could not be opened for writing ({reason})"
+    return _error(path, message, "io")
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse a journal this process cannot write: the file itself, or its directory (sqlite makes files there)."""
+    try:
+        os.close(os.open(path, os.O_RDWR))
+    except OSError as exc:
+        raise _unwritable(path, "the file", exc) from exc
+    probe = path.with_name(f".{path.name}.{secrets.token_hex(4)}.probe")
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except OSError as exc:
+        raise _unwritable(path, f"its directory {str(path.parent)!r}", exc) from exc
+    probe.unlink(missing_ok=True)
+
+
+def _text(value: bytes) -> str:
+    # A journal edited by hand may hold bytes that are not UTF-8: they read as replacement characters.
+    return value.decode("utf-8", errors="replace")
+
+
+def _storable(value: Any) -> Any:
+    """``value`` as sqlite can store it: text that cannot be UTF-8 (a lone surrogate) keeps an escaped form."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", errors="backslashreplace").decode("utf-8")
+    return value
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     # mode=rw never creates a file: a path that vanished is an error, not a fresh empty journal.
     uri = f"{path.resolve().as_uri()}?mode=rw"
-    return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT)
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT)
+    conn.text_factory = _text
+    return conn
 
 
 def _create(path: Path, requests: Sequence[GenerationRequest], job: str) -> None:
@@ -125,6 +193,8 @@ def _create(path: Path, requests: Sequence[GenerationRequest], job: str) -> None
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.new")
     now = time.time()
+    # Made here first, so that a directory that refuses it says why (sqlite would only say "unable to open").
+    os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
     try:
         conn = sqlite3.connect(temporary, isolation_level=None)
         try:
@@ -203,6 +273,8 @@ def _open(path: Path, requests: Sequence[GenerationRequest], *, lock: bool) -> _
             raise _error(path, "is a directory", "io")
         if path.stat().st_size == 0:
             raise _error(path, "is an empty file, not a journal; it was left untouched", "corrupt")
+        if lock:
+            _check_writable(path)
         conn = _connect(path)
     except (OSError, sqlite3.Error) as exc:
         raise _error(path, f"cannot be opened: {exc}", "io") from exc
@@ -218,6 +290,8 @@ def _open(path: Path, requests: Sequence[GenerationRequest], *, lock: bool) -> _
         conn.close()
         if _is_busy(exc):
             raise _error(path, "is in use by another run of this job", "in-use") from exc
+        if _is_unusable(exc):
+            raise _error(path, f"cannot be read or written ({exc}); it was left untouched", "io") from exc
         raise _error(path, f"is corrupt or not a journal ({exc}); it was left untouched", "corrupt") from exc
     except BaseException:
         conn.close()
@@ -272,8 +346,9 @@ class Journal:
         """Open the journal at ``path`` for a run of ``requests``, creating it if absent; return it and its rows.
 
         Raises:
-            JournalError: the file is not a journal of this job, is corrupt,
-                is held by another run, or cannot be created.
+            JournalError: the file is not a journal of this job (``"other-job"``),
+                is corrupt (``"corrupt"``), is held by another run (``"in-use"``),
+                or cannot be created or written, read-only included (``"io"``).
         """
         target = Path(path)
 
@@ -281,7 +356,12 @@ class Journal:
             if not target.exists():
                 try:
                     _create(target, requests, fingerprint(requests))
-                except (OSError, sqlite3.Error) as exc:
+                except OSError as exc:
+                    if exc.errno in _READ_ONLY_ERRNOS:
+                        where = f"its directory {str(target.parent)!r} is read-only or not writable"
+                        raise _error(target, f"cannot be created: {where} ({exc.strerror})", "io") from exc
+                    raise _error(target, f"cannot be created: {exc}", "io") from exc
+                except sqlite3.Error as exc:
                     raise _error(target, f"cannot be created: {exc}", "io") from exc
             return _open(target, requests, lock=True)
 
@@ -299,7 +379,7 @@ class Journal:
             # The column names come from this module, never from data: only values are bound.
             conn.execute(
                 f"UPDATE requests SET {assignments}, updated = ? WHERE idx = ?",
-                (*fields.values(), time.time(), index),
+                (*(_storable(value) for value in fields.values()), time.time(), index),
             )
         except sqlite3.Error as exc:
             raise _error(path, f"could not be written: {exc}", "io") from exc

@@ -7,7 +7,6 @@ import sqlite3
 from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from banana2_async import (
@@ -487,20 +486,3 @@ async def test_an_empty_batch_yields_nothing(client: AsyncBanana2) -> None:
     assert await _collect(run) == []
     assert run.plan is not None
     assert run.plan.total == 0
-
-
-async def test_an_unexpected_error_while_submitting_ends_the_run_and_keeps_the_row(tmp_path: Path) -> None:
-    """A bug below the batch (not an SDK error) ends the run with it; the row stays as possibly paid, not resent."""
-
-    def broken(request: httpx.Request) -> httpx.Response:
-        raise ValueError("transport bug")
-
-    journal = tmp_path / "run.db"
-    async with (
-        httpx.AsyncClient(transport=httpx.MockTransport(broken)) as http,
-        AsyncBanana2(api_key="sk-test", base_url="https://api.banana2.invalid", http_client=http) as client,
-    ):
-        with pytest.raises(ValueError, match="transport bug"):
-            await _collect(client.batch(["a", "b"], concurrency=1, journal=journal))
-    rows = await read_journal(journal, [GenerationRequest(prompt="a"), GenerationRequest(prompt="b")])
-    assert rows == [JournalRow(0, "submitting"), JournalRow(1, "pending")]

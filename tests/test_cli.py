@@ -77,7 +77,7 @@ def _images(directory: Path) -> list[str]:
 
 
 def test_generate_downloads_and_prints_json(env: dict[str, str | None], sim: Simulator, tmp_path: Path) -> None:
-    """generate submits one task, waits, downloads it into --out and prints its record as JSON."""
+    """generate submits one task, names it on stderr, waits, downloads it into --out and prints its record as JSON."""
     result = _invoke(["generate", "a red fox", "--aspect-ratio", "16:9", "--out", str(tmp_path), "--json", *FAST], env)
     assert result.exit_code == 0, result.output
     record = _json(result)
@@ -86,7 +86,10 @@ def test_generate_downloads_and_prints_json(env: dict[str, str | None], sim: Sim
     assert record["files"] == [str(tmp_path / f"{record['task_id']}-0.png")]
     assert (tmp_path / f"{record['task_id']}-0.png").read_bytes().startswith(b"\x89PNG")
     assert sim.task(record["task_id"]).request["aspect_ratio"] == "16:9"
-    assert result.stderr == ""
+    assert (
+        result.stderr
+        == f"task {record['task_id']} submitted; waiting for it (if this stops: banana2 wait {record['task_id']})\n"
+    )
 
 
 def test_generate_prints_a_readable_result(env: dict[str, str | None], sim: Simulator) -> None:

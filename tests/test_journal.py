@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import shutil
 import sqlite3
+import stat
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -249,3 +255,78 @@ async def test_a_damaged_page_is_caught_before_any_use(tmp_path: Path) -> None:
         await Journal.open(path, requests)
     assert caught.value.reason == "corrupt"
     assert path.read_bytes() == bytes(data)
+
+
+@contextlib.contextmanager
+def _unwritable(path: Path) -> Iterator[None]:
+    """Make ``path`` (a file or directory) unwritable, even for root, for the block.
+
+    As root, permission bits do not stop a write: the immutable attribute does (``chattr +i``,
+    where the file system has it). Elsewhere the write bits are cleared.
+    """
+    if os.geteuid() != 0:
+        mode = path.stat().st_mode
+        path.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+        try:
+            yield
+        finally:
+            path.chmod(mode)
+        return
+    chattr = shutil.which("chattr")
+    if chattr is None or subprocess.run([chattr, "+i", str(path)], capture_output=True, check=False).returncode:
+        pytest.skip("running as root without an immutable attribute to make a path read-only")
+    try:
+        yield
+    finally:
+        subprocess.run([chattr, "-i", str(path)], check=True)
+
+
+async def test_a_read_only_journal_says_so_and_is_left_alone(tmp_path: Path) -> None:
+    """A journal file that cannot be written raises JournalError(io) saying read-only, never corrupt."""
+    path = tmp_path / "run.db"
+    await _make(path)
+    before = _digest(path)
+    with _unwritable(path), pytest.raises(JournalError) as caught:
+        await Journal.open(path, JOB)
+    assert caught.value.reason == "io"
+    assert "read-only" in str(caught.value)
+    assert "corrupt" not in str(caught.value)
+    assert _digest(path) == before
+
+
+async def test_a_journal_in_a_read_only_directory_says_so(tmp_path: Path) -> None:
+    """In a directory that cannot be written, opening a journal or creating one says read-only, never corrupt."""
+    directory = tmp_path / "jobs"
+    directory.mkdir()
+    await _make(directory / "run.db")
+    with _unwritable(directory):
+        for path in (directory / "run.db", directory / "new.db"):
+            with pytest.raises(JournalError) as caught:
+                await Journal.open(path, JOB)
+            assert caught.value.reason == "io"
+            assert "read-only" in str(caught.value)
+            assert "corrupt" not in str(caught.value)
+    assert _listing(directory) == ["run.db"]
+
+
+@pytest.mark.skipif(not Path("/sys/kernel").is_dir(), reason="needs Linux's sysfs")
+async def test_a_journal_where_no_one_may_write_says_so() -> None:
+    """Under /sys, where even root cannot create files, a new journal is refused as not writable (no privileges
+    or file attributes needed to check it)."""
+    with pytest.raises(JournalError) as caught:
+        await Journal.open(Path("/sys/kernel/banana2-journal/run.db"), JOB)
+    assert caught.value.reason == "io"
+    assert "read-only or not writable" in str(caught.value)
+
+
+async def test_text_that_is_not_unicode_is_stored_escaped(tmp_path: Path) -> None:
+    """A server's text holding a lone surrogate (a task id, an error) is recorded in an escaped form, not refused."""
+    path = tmp_path / "run.db"
+    journal, _ = await Journal.open(path, JOB)
+    await journal.mark_submitted(0, "task-\ud800")
+    await journal.mark_failed(1, "TaskFailedError: bad \udcff text", final=True)
+    await journal.aclose()
+    rows = await read_journal(path, JOB)
+    assert rows is not None
+    assert rows[0].task_id == "task-\\ud800"
+    assert rows[1].error == "TaskFailedError: bad \\udcff text"

@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import contextlib
+import secrets
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
+import anyio.to_thread
 import click
 from rich.text import Text
 
 from banana2_async._batch import DEFAULT_CONCURRENCY as BATCH_CONCURRENCY
 from banana2_async._batch import BatchOutcome, plan_batch
 from banana2_async._client import AsyncBanana2
-from banana2_async._exceptions import AuthenticationError, Banana2Error, InsufficientCreditsError, TaskError
+from banana2_async._exceptions import (
+    AuthenticationError,
+    Banana2Error,
+    ClientClosedError,
+    EmptyResultError,
+    InsufficientCreditsError,
+    InvalidRequestError,
+    TaskError,
+    TaskTimeoutError,
+)
 from banana2_async._journal import read_journal
 from banana2_async._models import GenerationRequest, GenerationResult
 from banana2_async._types import ASPECT_RATIOS, OUTPUT_FORMATS, RESOLUTIONS
@@ -82,25 +93,45 @@ def _show_result(output: Output, result: GenerationResult, files: Sequence[Path]
 
 def _show_task_error(output: Output, exc: TaskError) -> None:
     output.problem(f"task {exc.task_id} did not succeed: {type(exc).__name__}: {exc}")
+    if isinstance(exc, (TaskTimeoutError, ClientClosedError)):
+        # Not a verdict on the task: it may still finish, and it may be paid for.
+        output.paid_task_hint()
     if output.as_json:
         output.json({"task_id": exc.task_id, "status": "failed", "error": error_json(exc)})
+
+
+def _show_download_error(output: Output, result: GenerationResult, exc: Banana2Error) -> None:
+    output.problem(f"task {result.task_id} succeeded, but its images could not be saved: {type(exc).__name__}: {exc}")
+    output.note(f"its images: {' '.join(result.images)} (banana2 wait {result.task_id} --out DIR saves them)")
+    if output.as_json:
+        output.json({**result_json(result), "status": "download-failed", "error": error_json(exc)})
 
 
 async def _one_task(output: Output, client: AsyncBanana2, request: GenerationRequest, out: Path | None) -> int:
     async with client:
         handle = await client.submit_request(request)
-        waiting = (
-            output.err.status(f"task {handle.task_id} submitted; waiting for it…")
-            if output.live
-            else contextlib.nullcontext()
-        )
+        # Named before the wait: from here on the task may be paid for, and every way out names it.
+        output.submitted(handle.task_id)
+        waiting = output.err.status(f"waiting for task {handle.task_id}…") if output.live else contextlib.nullcontext()
         try:
             with waiting:
                 result = await handle
+            if not any(url.lower().startswith(("http://", "https://")) for url in result.images):
+                raise EmptyResultError(
+                    f"task {result.task_id} reported success but gave no usable image URL",
+                    task_id=result.task_id,
+                    consumed_credits=result.consumed_credits,
+                )
         except TaskError as exc:
             _show_task_error(output, exc)
             return EXIT_FAILED
-        files = await client.download(result, out) if out is not None else []
+        files: list[Path] = []
+        if out is not None:
+            try:
+                files = await client.download(result, out)
+            except Banana2Error as exc:
+                _show_download_error(output, result, exc)
+                return EXIT_FAILED
     _show_result(output, result, files)
     return EXIT_OK
 
@@ -121,7 +152,7 @@ def generate(
     as_json: bool,
 ) -> None:
     """Generate an image from PROMPT (20 credits) and wait for it."""
-    output = Output(as_json=as_json)
+    output = Output(as_json=as_json, secret=api_key)
 
     async def main() -> int:
         request = GenerationRequest(
@@ -150,7 +181,7 @@ def edit(
     as_json: bool,
 ) -> None:
     """Edit the --image references as PROMPT says (24 credits) and wait for the result."""
-    output = Output(as_json=as_json)
+    output = Output(as_json=as_json, secret=api_key)
 
     async def main() -> int:
         request = GenerationRequest(
@@ -171,7 +202,7 @@ def edit(
 @api_options
 def status(task_id: str, api_key: str | None, base_url: str | None, poll_interval: float | None, as_json: bool) -> None:
     """Show a task as the server sees it now (one request, no waiting)."""
-    output = Output(as_json=as_json)
+    output = Output(as_json=as_json, secret=api_key)
 
     async def main() -> int:
         async with make_client(api_key, base_url, poll_interval) as client:
@@ -210,7 +241,7 @@ def wait(
     as_json: bool,
 ) -> None:
     """Wait for tasks submitted earlier (by this or any program) and show, or download, their images."""
-    output = Output(as_json=as_json)
+    output = Output(as_json=as_json, secret=api_key)
 
     async def main() -> int:
         records: list[dict[str, Any]] = []
@@ -287,14 +318,17 @@ def batch(
     FILE holds one prompt per line, or JSON Lines of request objects
     ({"prompt": ..., "aspect_ratio": "16:9", "images": [...]}); "-" reads stdin.
     """
-    output = Output(as_json=as_json)
+    output = Output(as_json=as_json, secret=api_key)
     journal_path = journal if journal is not None else out / JOURNAL_NAME
 
     async def main() -> int:
         requests = parse_requests(file, source=getattr(file, "name", "FILE"))
         if dry_run:
             return await _dry_run(output, requests, journal_path, max_credits, resubmit_uncertain)
-        async with make_client(api_key, base_url, poll_interval) as client:
+        client = make_client(api_key, base_url, poll_interval)
+        # Before anything is paid for: images that cannot be saved would be paid for in vain.
+        await anyio.to_thread.run_sync(_check_writable, out)
+        async with client:
             progress = BatchProgress(output.err, total=len(requests), enabled=output.live)
             run = client.batch(
                 requests,
@@ -337,6 +371,22 @@ def batch(
         return EXIT_OK if summary["succeeded"] == summary["tasks"] else EXIT_FAILED
 
     run_async(output, main, interrupted="interrupted; the journal keeps the run: the same command resumes it")
+
+
+def _check_writable(out: Path) -> None:
+    """Refuse an --out directory that cannot be made or written to (a file is made there, then removed)."""
+    probe = out / f".banana2-probe-{secrets.token_hex(4)}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.touch(exist_ok=False)
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise InvalidRequestError(
+            f"--out {str(out)!r} cannot be written to ({reason}): the images would have nowhere to go; "
+            "nothing was sent",
+            field="out",
+        ) from None
 
 
 def _plan_line(total: int, submit: int, credits: int, track: int, done: int) -> str:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, NoReturn, TypeVar
+from typing import IO, Any, Final, NoReturn, TypeVar
 
 import anyio
 import click
@@ -42,16 +43,88 @@ EXIT_USAGE: Final = 2
 EXIT_CONFIG: Final = 3
 EXIT_INTERRUPTED: Final = 130
 
+REDACTED: Final = "[redacted]"
+# Shorter keys are not looked for in the output: they would blank out ordinary words.
+_MIN_SECRET: Final = 8
+_SURROGATES: Final = re.compile("[\ud800-\udfff]")
+
+
+def secret_pattern(secret: str) -> re.Pattern[str]:
+    """What finds ``secret`` in text in any form a server may echo it in.
+
+    Each character may appear as itself, as a JSON ``\\uXXXX`` escape, percent-encoded, and a ``/``
+    also JSON-escaped as ``\\/``; the forms may be mixed within one echo.
+    """
+    forms = []
+    for char in secret:
+        code = ord(char)
+        alternatives = [re.escape(char), f"\\\\u{code:04x}", f"%{code:02x}"]
+        if char == "/":
+            alternatives.append(r"\\/")
+        forms.append("(?:" + "|".join(alternatives) + ")")
+    return re.compile("".join(forms), re.IGNORECASE)
+
+
+class _Scrubbed:
+    """A text stream that writes through to ``target()`` with the API key blanked out and lone surrogates
+    replaced: text a server chose reaches the terminal whatever it holds."""
+
+    __slots__ = ("_pattern", "_target")
+
+    def __init__(self, target: Callable[[], IO[str]], pattern: re.Pattern[str] | None) -> None:
+        self._target = target
+        self._pattern = pattern
+
+    def scrub(self, text: str) -> str:
+        """``text`` as it may be shown."""
+        if self._pattern is not None:
+            text = self._pattern.sub(REDACTED, text)
+        return _SURROGATES.sub("\ufffd", text)
+
+    def write(self, text: str) -> int:
+        self._target().write(self.scrub(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self._target().flush()
+
+    def isatty(self) -> bool:
+        return self._target().isatty()
+
+    def fileno(self) -> int:
+        return self._target().fileno()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target(), name)
+
+
+def _stdout() -> IO[str]:
+    return sys.stdout
+
+
+def _stderr() -> IO[str]:
+    return sys.stderr
+
 
 class Output:
-    """Where a command writes: results on stdout (text or ``--json``), progress on stderr only on a terminal."""
+    """Where a command writes: results on stdout (text or ``--json``), progress on stderr only on a terminal.
 
-    __slots__ = ("as_json", "err", "out")
+    ``secret`` (the API key) is blanked out of everything written, in any form, and so is it in the
+    log lines of `configure_logging`. Once a command has a paid task, `submitted` records it: every
+    way out of the command then names it (see `run_async`).
+    """
 
-    def __init__(self, *, as_json: bool) -> None:
+    __slots__ = ("_stderr", "_stdout", "as_json", "err", "out", "task_id")
+
+    def __init__(self, *, as_json: bool, secret: str | None = None) -> None:
         self.as_json = as_json
-        self.out = Console(soft_wrap=True, highlight=False)
-        self.err = Console(stderr=True, highlight=False)
+        pattern = secret_pattern(secret.strip()) if secret and len(secret.strip()) >= _MIN_SECRET else None
+        self._stdout = _Scrubbed(_stdout, pattern)
+        self._stderr = _Scrubbed(_stderr, pattern)
+        self.out = Console(file=self._stdout, soft_wrap=True, highlight=False)  # type: ignore[arg-type]
+        self.err = Console(file=self._stderr, stderr=True, highlight=False)  # type: ignore[arg-type]
+        self.task_id: str | None = None
+        _active_scrubbers[:] = [self._stderr]
 
     @property
     def live(self) -> bool:
@@ -60,11 +133,32 @@ class Output:
 
     def json(self, document: object) -> None:
         """Print one JSON document on stdout."""
-        click.echo(json.dumps(document, indent=2, ensure_ascii=False, default=str))
+        self._stdout.write(json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n")
+        self._stdout.flush()
 
     def problem(self, message: str) -> None:
         """Say what went wrong, on stderr, as plain text."""
         self.err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+
+    def note(self, message: str) -> None:
+        """A line on stderr, plain text, whatever stderr is."""
+        self.err.print(message, markup=False, highlight=False, soft_wrap=True)
+
+    def submitted(self, task_id: str) -> None:
+        """Record the task a command paid for and name it on stderr, before waiting for it."""
+        self.task_id = task_id
+        self.note(f"task {task_id} submitted; waiting for it (if this stops: banana2 wait {task_id})")
+
+    def paid_task_hint(self) -> None:
+        """Say how to follow the recorded task, if any, after a command stopped short of its result."""
+        if self.task_id is not None:
+            self.note(
+                f"task {self.task_id} was submitted and may be paid for; follow it with: banana2 wait {self.task_id}"
+            )
+
+
+# The stderr of the command running now, for its log handler: log records are written through it too.
+_active_scrubbers: list[_Scrubbed] = []
 
 
 def api_options(function: F) -> F:
@@ -101,7 +195,11 @@ class _StderrHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            sys.stderr.write(self.format(record) + "\n")
+            line = self.format(record) + "\n"
+            if _active_scrubbers:
+                _active_scrubbers[0].write(line)
+            else:
+                sys.stderr.write(_SURROGATES.sub("\ufffd", line))
         except Exception:
             self.handleError(record)
 
@@ -148,24 +246,36 @@ def run_async(output: Output, main: Callable[[], Awaitable[int]], *, interrupted
 
     0 all succeeded, 1 some failed, 2 usage (bad input, budget, journal),
     3 configuration or authentication, 130 interrupted (``interrupted`` is
-    what to tell the user then).
+    what to tell the user then). Once ``main`` has a paid task (`Output.submitted`),
+    every way out names it, with ``--json`` in the document on stdout too.
     """
     try:
         code = anyio.run(main)
     except KeyboardInterrupt:
         output.problem(interrupted)
         code = EXIT_INTERRUPTED
+        output.paid_task_hint()
+        if output.as_json and output.task_id is not None:
+            output.json({"task_id": output.task_id, "status": "interrupted", "exit_code": code})
     except (ConfigurationError, AuthenticationError) as exc:
         code = _report(output, exc, EXIT_CONFIG)
     except (InvalidRequestError, JournalError) as exc:
         code = _report(output, exc, EXIT_USAGE)
     except Banana2Error as exc:
         code = _report(output, exc, EXIT_FAILED)
+    except Exception as exc:
+        # Whatever a server sends ends in a message and an exit status, never in a traceback (-vv logs it).
+        logging.getLogger("banana2_async").debug("unexpected error", exc_info=True)
+        code = _report(output, exc, EXIT_FAILED)
     click.get_current_context().exit(code)
 
 
-def _report(output: Output, exc: Banana2Error, code: int) -> int:
-    output.problem(str(exc))
+def _report(output: Output, exc: Exception, code: int) -> int:
+    output.problem(str(exc) if isinstance(exc, Banana2Error) else f"{type(exc).__name__}: {exc}")
+    output.paid_task_hint()
     if output.as_json:
-        output.json({"error": error_json(exc), "exit_code": code})
+        document: dict[str, Any] = {"error": error_json(exc), "exit_code": code}
+        if output.task_id is not None:
+            document = {"task_id": output.task_id, "status": "failed", **document}
+        output.json(document)
     return code
