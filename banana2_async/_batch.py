@@ -499,7 +499,7 @@ class Batch:
         """Record a submit the run gave up on before its request was sent (again)."""
         # Between attempts the wire holds no answer in flight. Only a client that retries a submit
         # which may have landed can have been paid for one: that row stays uncertain.
-        if bool(getattr(getattr(self._client, "_wire", None), "_retry_uncertain", True)):
+        if self._client._retry_uncertain_submits:
             await self._journal.mark_uncertain(
                 index,
                 "the run was closed while this request waited to be sent again; an earlier attempt may have landed",

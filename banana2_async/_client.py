@@ -160,6 +160,7 @@ class AsyncBanana2:
         self._submit_timeout = check_seconds(submit_timeout, "submit_timeout")
 
         self._wait_timeout = _wait_timeout(wait_timeout)
+        self._retry_uncertain_submits = retry_uncertain_submits
         self._rng = random.Random(seed)
         self._throttle = Throttle(budget)
         self._wire = Wire(

@@ -27,8 +27,8 @@ _NAMED: Final = {"/": "&sol;", "+": "&plus;", "=": "&equals;", "_": "&lowbar;", 
 
 
 def _hex(code: int) -> str:
-    """A regex for ``code`` as two hex digits in either case (``2f`` or ``2F``)."""
-    return "".join(f"[{d.lower()}{d.upper()}]" if d.isalpha() else d for d in f"{code:02x}")
+    """A regex for ``code`` as two hex digits (the pattern ignores case: ``2f`` or ``2F``)."""
+    return f"{code:02x}"
 
 
 def _spellings(char: str) -> str:
@@ -40,7 +40,7 @@ def _spellings(char: str) -> str:
         rf"\\+u00{hexed}",  # JSON (and a doubly escaped JSON) \u escape
         rf"\\+x{hexed}",  # a \x escape
         rf"%(?:25)*{hexed}",  # percent-encoded, once or more
-        rf"&\#[xX]0*{hexed};",  # an HTML hex character reference
+        rf"&\#x0*{hexed};",  # an HTML hex character reference
         rf"&\#0*{code};",  # an HTML decimal character reference
     ]
     if char == "/":
@@ -55,50 +55,47 @@ class Secret:
     """The API key, and what removes it from text and bytes in any spelling.
 
     `redact` and `redact_text` replace each spelling of the key with
-    ``[redacted]``. A key shorter than `MIN_REDACTED` characters is not
-    looked for. Text that holds none of ``\\``, ``%``, ``&`` can only hold the
-    key verbatim, which a plain substring search finds: the common answer
-    costs no regular expression.
+    ``[redacted]``, in any letter case (a proxy may have changed it; the rest
+    would still give most of the key away). A key shorter than
+    `MIN_REDACTED` characters is not looked for. Text that holds none of
+    ``\\``, ``%``, ``&`` can only hold the key as it is, which a plain substring
+    search finds: the common answer costs no regular expression.
     """
 
-    __slots__ = ("__weakref__", "_pattern", "_text", "_text_pattern", "_verbatim")
+    __slots__ = ("__weakref__", "_lowered", "_pattern", "_text", "_text_pattern")
 
     def __init__(self, key: str) -> None:
-        self._verbatim: bytes | None = None
+        self._lowered: bytes | None = None
         self._text: str | None = None
         self._pattern: re.Pattern[bytes] | None = None
         self._text_pattern: re.Pattern[str] | None = None
         if len(key) < MIN_REDACTED or not key.isascii():
             return
         source = "".join(_spellings(char) for char in key)
-        self._verbatim = key.encode()
-        self._text = key
-        self._pattern = re.compile(source.encode())
-        self._text_pattern = re.compile(source)
+        self._lowered = key.lower().encode()
+        self._text = key.lower()
+        self._pattern = re.compile(source.encode(), re.IGNORECASE)
+        self._text_pattern = re.compile(source, re.IGNORECASE)
 
     def __repr__(self) -> str:
         return "<Secret [redacted]>"
 
     def redact(self, content: bytes) -> bytes:
         """``content`` with every spelling of the key replaced by ``[redacted]``."""
-        verbatim, pattern = self._verbatim, self._pattern
-        if verbatim is None or pattern is None:
+        lowered, pattern = self._lowered, self._pattern
+        if lowered is None or pattern is None:
             return content
-        if b"\\" not in content and b"%" not in content and b"&" not in content:
-            if verbatim not in content:
-                return content
-            return content.replace(verbatim, REDACTED.encode())
+        if b"\\" not in content and b"%" not in content and b"&" not in content and lowered not in content.lower():
+            return content
         return pattern.sub(REDACTED.encode(), content)
 
     def redact_text(self, text: str) -> str:
         """`redact` for text (a header value, an exception's message)."""
-        verbatim, pattern = self._text, self._text_pattern
-        if verbatim is None or pattern is None:
+        lowered_text, pattern = self._text, self._text_pattern
+        if lowered_text is None or pattern is None:
             return text
-        if "\\" not in text and "%" not in text and "&" not in text:
-            if verbatim not in text:
-                return text
-            return text.replace(verbatim, REDACTED)
+        if "\\" not in text and "%" not in text and "&" not in text and lowered_text not in text.lower():
+            return text
         return pattern.sub(REDACTED, text)
 
     def redact_exception(self, exc: BaseException) -> None:
@@ -176,7 +173,7 @@ _FILTER: Final = _RedactingFilter()
 
 def redact_library_logs(secret: Secret) -> None:
     """Keep ``secret`` out of the log records of httpx, httpcore, hpack, h2 and the SDK while it lives."""
-    if secret._verbatim is None:
+    if secret._lowered is None:
         return
     if not _FILTER.secrets:
         for name in _LIBRARY_LOGGERS:

@@ -93,3 +93,9 @@ def test_an_exception_chain_is_redacted_in_place() -> None:
     texts = [repr(outer.args), repr(middle.args), repr(inner.args)]
     assert all(KEY not in urllib.parse.unquote(text) for text in texts)
     assert outer.args[1] == 7
+
+
+@pytest.mark.parametrize("echo", [KEY.upper(), KEY.lower(), urllib.parse.quote(KEY, safe="").lower()])
+def test_the_key_in_another_letter_case_is_redacted(echo: str) -> None:
+    """A proxy that upper- or lower-cased what it echoed still gives most of the key away: it is blanked out."""
+    assert Secret(KEY).redact_text(f"<{echo}>") == f"<{REDACTED}>"

@@ -21,6 +21,7 @@ from banana2_async._exceptions import (
     InvalidRequestError,
     JournalError,
 )
+from banana2_async._secret import Secret
 
 __all__ = [
     "EXIT_CONFIG",
@@ -43,42 +44,23 @@ EXIT_USAGE: Final = 2
 EXIT_CONFIG: Final = 3
 EXIT_INTERRUPTED: Final = 130
 
-REDACTED: Final = "[redacted]"
-# Shorter keys are not looked for in the output: they would blank out ordinary words.
-_MIN_SECRET: Final = 8
 _SURROGATES: Final = re.compile("[\ud800-\udfff]")
-
-
-def secret_pattern(secret: str) -> re.Pattern[str]:
-    """What finds ``secret`` in text in any form a server may echo it in.
-
-    Each character may appear as itself, as a JSON ``\\uXXXX`` escape, percent-encoded, and a ``/``
-    also JSON-escaped as ``\\/``; the forms may be mixed within one echo.
-    """
-    forms = []
-    for char in secret:
-        code = ord(char)
-        alternatives = [re.escape(char), f"\\\\u{code:04x}", f"%{code:02x}"]
-        if char == "/":
-            alternatives.append(r"\\/")
-        forms.append("(?:" + "|".join(alternatives) + ")")
-    return re.compile("".join(forms), re.IGNORECASE)
 
 
 class _Scrubbed:
     """A text stream that writes through to ``target()`` with the API key blanked out and lone surrogates
     replaced: text a server chose reaches the terminal whatever it holds."""
 
-    __slots__ = ("_pattern", "_target")
+    __slots__ = ("_secret", "_target")
 
-    def __init__(self, target: Callable[[], IO[str]], pattern: re.Pattern[str] | None) -> None:
+    def __init__(self, target: Callable[[], IO[str]], secret: Secret | None) -> None:
         self._target = target
-        self._pattern = pattern
+        self._secret = secret
 
     def scrub(self, text: str) -> str:
         """``text`` as it may be shown."""
-        if self._pattern is not None:
-            text = self._pattern.sub(REDACTED, text)
+        if self._secret is not None:
+            text = self._secret.redact_text(text)
         return _SURROGATES.sub("\ufffd", text)
 
     def write(self, text: str) -> int:
@@ -118,9 +100,10 @@ class Output:
 
     def __init__(self, *, as_json: bool, secret: str | None = None) -> None:
         self.as_json = as_json
-        pattern = secret_pattern(secret.strip()) if secret and len(secret.strip()) >= _MIN_SECRET else None
-        self._stdout = _Scrubbed(_stdout, pattern)
-        self._stderr = _Scrubbed(_stderr, pattern)
+        # The same search as the wire's, in every spelling; a key too short to be a secret is not looked for.
+        shown_key = Secret(secret.strip()) if secret and secret.strip().isascii() else None
+        self._stdout = _Scrubbed(_stdout, shown_key)
+        self._stderr = _Scrubbed(_stderr, shown_key)
         self.out = Console(file=self._stdout, soft_wrap=True, highlight=False)  # type: ignore[arg-type]
         self.err = Console(file=self._stderr, stderr=True, highlight=False)  # type: ignore[arg-type]
         self.task_id: str | None = None
