@@ -16,14 +16,15 @@ import random
 import re
 import secrets
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Final, cast
+from typing import IO, Final
 
 import anyio
 import anyio.to_thread
 import httpx
 
+from ._body import ACCEPT_ENCODING, BodyTooLarge, BodyUndecodable, decoded_chunks
 from ._exceptions import APIConnectionError, APIResponseError, DownloadError, InvalidRequestError, ResultExpiredError
 from ._http import USER_AGENT, _translated
 from ._models import GenerationResult
@@ -34,7 +35,6 @@ __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_RETRIES", "download_result", "exten
 
 DEFAULT_MAX_BYTES: Final = DEFAULT_DOWNLOAD_MAX_BYTES
 DEFAULT_MAX_RETRIES: Final = DEFAULT_DOWNLOAD_RETRIES
-_CHUNK: Final = 64 * 1024
 _MAX_RETRY_AFTER: Final = 30.0
 _EXPIRED: Final = frozenset({403, 404, 410})
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9_.-]")
@@ -192,7 +192,8 @@ class _Fetch:
 
     async def _attempt(self, url: httpx.URL, directory: Path, name: str, *, task_id: str) -> Path:
         label = _label(url)
-        request = self._client.build_request("GET", url, headers={"Accept": "image/*", "User-Agent": USER_AGENT})
+        headers = {"Accept": "image/*", "Accept-Encoding": ACCEPT_ENCODING, "User-Agent": USER_AGENT}
+        request = self._client.build_request("GET", url, headers=headers)
         # A caller's http client may carry default headers meant for the API: none of them leave for a result host.
         request.headers.pop("Authorization", None)
         with _translated("GET", url.path):
@@ -246,17 +247,10 @@ class _Fetch:
         try:
             head = b""
             size = 0
-            # aclosing: leaving early (over the cap) finalises httpx's generators now, not at collection.
-            async with contextlib.aclosing(cast("AsyncGenerator[bytes, None]", response.aiter_bytes(_CHUNK))) as body:
+            # aclosing: leaving early (over the cap) finalises the body's generators now, not at collection.
+            async with contextlib.aclosing(decoded_chunks(response, limit=self._max_bytes)) as body:
                 async for chunk in body:
                     size += len(chunk)
-                    if size > self._max_bytes:
-                        raise DownloadError(
-                            f"GET {label}: the image is larger than the cap of {self._max_bytes} bytes",
-                            url=label,
-                            task_id=task_id,
-                            status_code=response.status_code,
-                        )
                     if len(head) < 16:
                         head += chunk[:16]
                     await anyio.to_thread.run_sync(file.write, chunk)
@@ -275,6 +269,15 @@ class _Fetch:
             await anyio.to_thread.run_sync(_commit, file, temporary, final)
             finished = True
             return final
+        except BodyTooLarge as exc:
+            raise DownloadError(
+                f"GET {label}: the image is larger than the cap of {self._max_bytes} bytes",
+                url=label,
+                task_id=task_id,
+                status_code=response.status_code,
+            ) from exc
+        except BodyUndecodable as exc:
+            raise DownloadError(f"GET {label}: {exc}", url=label, task_id=task_id) from exc
         except OSError as exc:
             raise DownloadError(
                 f"cannot write {str(temporary)!r}: {exc.strerror or exc}", url=label, task_id=task_id

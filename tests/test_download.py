@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import functools
+import gzip
 import socket
 import threading
+import tracemalloc
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Final
 
+import brotli  # type: ignore[import-untyped]
 import httpx
 import pytest
+import zstandard
 
 from banana2_async import (
     AsyncBanana2,
@@ -27,6 +34,36 @@ pytestmark = pytest.mark.anyio
 KEY = "sk-download-test-secret"
 PNG = render_image("a red bicycle", "1:1", "1k", "png")
 JPEG = render_image("a red bicycle", "1:1", "1k", "jpeg")
+MIB: Final = 1024 * 1024
+
+
+def _gzip_bomb(mebibytes: int) -> bytes:
+    """A gzip stream of ``mebibytes`` MiB of zeros, never ended: about a KiB per MiB."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    zeros = bytes(MIB)
+    first = compressor.compress(zeros) + compressor.flush(zlib.Z_FULL_FLUSH)
+    # After a full flush nothing refers back: every further MiB of zeros compresses alike.
+    again = compressor.compress(zeros) + compressor.flush(zlib.Z_FULL_FLUSH)
+    return first + again * (mebibytes - 1)
+
+
+def _brotli_bomb(mebibytes: int) -> bytes:
+    """A br stream of ``mebibytes`` MiB of zeros (a multiple of 16), never ended."""
+    compressor = brotli.Compressor(quality=1)
+    zeros = bytes(16 * MIB)
+    first: bytes = compressor.process(zeros) + compressor.flush()
+    again: bytes = compressor.process(zeros) + compressor.flush()
+    return first + again * (mebibytes // 16 - 1)
+
+
+@functools.cache
+def _bomb(coding: str) -> bytes:
+    """1 GiB of zeros from about 1 MiB of gzip; 256 MiB from some KiB of br or zstd."""
+    if coding == "gzip":
+        return _gzip_bomb(1024)
+    if coding == "br":
+        return _brotli_bomb(256)
+    return zstandard.ZstdCompressor(level=1).compress(bytes(64 * MIB)) * 4
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -78,6 +115,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
         self.close_connection = True
 
+    def streamed(self, coding: str, body: bytes) -> None:
+        """Send an encoded body of no declared length, ended by closing the connection."""
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Encoding", coding)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = True
+
 
 Route = Callable[[_Handler, int], None]
 
@@ -85,6 +132,13 @@ Route = Callable[[_Handler, int], None]
 def _refusal(status: int) -> Route:
     def route(handler: _Handler, count: int) -> None:
         handler.answer(status, "text/plain", b"expired")
+
+    return route
+
+
+def _encoded(coding: str, body: Callable[[], bytes]) -> Route:
+    def route(handler: _Handler, count: int) -> None:
+        handler.answer(200, "image/png", body(), {"Content-Encoding": coding})
 
     return route
 
@@ -116,9 +170,15 @@ class _Host(ThreadingHTTPServer):
             "/big": lambda h, n: h.answer(200, "image/png", PNG),
             "/unsized": lambda h, n: h.unsized(PNG),
             "/redirect": lambda h, n: h.answer(302, "text/plain", b"", {"Location": "/ok.png"}),
+            "/gzip.png": _encoded("gzip", lambda: gzip.compress(PNG)),
         }
         for status in (403, 404, 410):
             self.routes[f"/expired-{status}"] = _refusal(status)
+        for coding in ("gzip", "br", "zstd"):
+            self.routes[f"/bomb-{coding}"] = functools.partial(lambda c, h, n: h.streamed(c, _bomb(c)), coding)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Stay quiet when a client hangs up early: the tests make them."""
 
     @property
     def base_url(self) -> str:
@@ -382,3 +442,30 @@ async def test_failures_seen_through_a_custom_transport(tmp_path: Path) -> None:
         (target / "t15-0.png").unlink()
         with pytest.raises(DownloadError, match="cannot write into"):
             await client.download(_result("t17", "https://cdn.invalid/vanish.png"), target)
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br", "zstd"])
+async def test_a_compression_bomb_costs_about_the_cap(
+    client: AsyncBanana2, host: _Host, tmp_path: Path, coding: str
+) -> None:
+    """A small answer that inflates far past max_bytes is stopped at the cap, holding about that much memory."""
+    _bomb(coding)  # made before memory is traced
+    tracemalloc.start()
+    try:
+        with pytest.raises(DownloadError, match="larger than the cap of 1048576 bytes") as caught:
+            await client.download(_result("t20", f"{host.base_url}/bomb-{coding}"), tmp_path, max_bytes=MIB)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < MIB + 8 * MIB
+    assert caught.value.status_code == 200
+    assert host.hits(f"/bomb-{coding}") == 1
+    assert _names(tmp_path) == []
+
+
+async def test_an_encoded_image_is_saved_decoded(client: AsyncBanana2, host: _Host, tmp_path: Path) -> None:
+    """A gzip-encoded image is saved as its decoded bytes; the request names only codings decoded within bounds."""
+    (path,) = await client.download(_result("t21", f"{host.base_url}/gzip.png"), tmp_path, max_bytes=len(PNG))
+    assert path.read_bytes() == PNG
+    (_, headers) = host.seen[-1]
+    assert headers["accept-encoding"] == "gzip, deflate, br, zstd"
