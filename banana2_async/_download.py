@@ -1,4 +1,4 @@
-"""Result downloads: streamed, size-capped, atomic, and without the API's credentials.
+"""Result downloads: streamed, size-capped, deadlined, atomic, and without the API's credentials.
 
 Result URLs live on hosts other than the API's and may be signed for minutes
 only. Each image is streamed into a hidden temporary file beside its final
@@ -11,6 +11,7 @@ reaches a result host.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import re
@@ -31,10 +32,18 @@ from ._models import GenerationResult
 from ._retry import backoff, outcome_of, retry_after_seconds, status_decision
 from ._types import DEFAULT_DOWNLOAD_MAX_BYTES, DEFAULT_DOWNLOAD_RETRIES
 
-__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_RETRIES", "download_result", "extension_for", "safe_stem"]
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_RETRIES",
+    "DEFAULT_TIMEOUT",
+    "download_result",
+    "extension_for",
+    "safe_stem",
+]
 
 DEFAULT_MAX_BYTES: Final = DEFAULT_DOWNLOAD_MAX_BYTES
 DEFAULT_MAX_RETRIES: Final = DEFAULT_DOWNLOAD_RETRIES
+DEFAULT_TIMEOUT: Final = 300.0
 _MAX_RETRY_AFTER: Final = 30.0
 _EXPIRED: Final = frozenset({403, 404, 410})
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9_.-]")
@@ -105,6 +114,12 @@ def _label(url: httpx.URL) -> str:
     return str(url.copy_with(query=None, fragment=None))
 
 
+def _timeout(value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise InvalidRequestError(f"timeout must be a positive number of seconds, got {value!r}", field="timeout")
+    return float(value)
+
+
 async def download_result(
     http_client: httpx.AsyncClient,
     result: GenerationResult,
@@ -112,6 +127,7 @@ async def download_result(
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_retries: int = DEFAULT_MAX_RETRIES,
+    timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 - per attempt, which a caller's own deadline cannot be
     rng: random.Random | None = None,
 ) -> list[Path]:
     """Download every image of ``result`` into ``dest_dir``; return the paths written, in order.
@@ -121,16 +137,29 @@ async def download_result(
     answer, its first bytes), never from the URL. ``dest_dir`` is created if
     missing; an existing file of the same name is replaced atomically.
 
+    Args:
+        max_bytes: Cap on each image, counted after its ``Content-Encoding``
+            is undone, as it streams: a body that inflates past it is stopped
+            there.
+        max_retries: Retries of an image after a transient failure (a 5xx, a
+            429, a connection error, a body cut short).
+        timeout: Seconds each attempt at an image may take, from connecting
+            to its last byte (default 300). An attempt over it is a
+            `DownloadError` and is not retried, so an image takes at most
+            about ``(max_retries + 1) * timeout`` plus the waits between.
+
     Raises:
-        InvalidRequestError: ``max_bytes`` or ``max_retries`` is out of range.
+        InvalidRequestError: ``max_bytes``, ``max_retries`` or ``timeout`` is out of range.
         ResultExpiredError: A result host answered 403, 404 or 410.
         DownloadError: An image could not be downloaded (too large, not an
-            image, still failing after ``max_retries`` retries, or a disk error).
+            image, over its deadline, still failing after ``max_retries``
+            retries, or a disk error).
     """
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
         raise InvalidRequestError(f"max_bytes must be a positive integer, got {max_bytes!r}", field="max_bytes")
     if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
         raise InvalidRequestError(f"max_retries must be 0 or more, got {max_retries!r}", field="max_retries")
+    deadline = _timeout(timeout)
     directory = Path(dest_dir)
     try:
         await anyio.Path(directory).mkdir(parents=True, exist_ok=True)
@@ -141,7 +170,9 @@ async def download_result(
             task_id=result.task_id,
         ) from exc
     stem = safe_stem(result.task_id)
-    fetch = _Fetch(http_client, max_bytes=max_bytes, max_retries=max_retries, rng=rng or random.Random())
+    fetch = _Fetch(
+        http_client, max_bytes=max_bytes, max_retries=max_retries, timeout=deadline, rng=rng or random.Random()
+    )
     return [
         await fetch.one(url, directory, f"{stem}-{index}", task_id=result.task_id)
         for index, url in enumerate(result.images)
@@ -151,12 +182,15 @@ async def download_result(
 class _Fetch:
     """The download of one image after another, with the same limits and retry policy."""
 
-    __slots__ = ("_client", "_max_bytes", "_max_retries", "_rng")
+    __slots__ = ("_client", "_max_bytes", "_max_retries", "_rng", "_timeout")
 
-    def __init__(self, client: httpx.AsyncClient, *, max_bytes: int, max_retries: int, rng: random.Random) -> None:
+    def __init__(
+        self, client: httpx.AsyncClient, *, max_bytes: int, max_retries: int, timeout: float, rng: random.Random
+    ) -> None:
         self._client = client
         self._max_bytes = max_bytes
         self._max_retries = max_retries
+        self._timeout = timeout
         self._rng = rng
 
     async def one(self, raw_url: str, directory: Path, name: str, *, task_id: str) -> Path:
@@ -171,7 +205,14 @@ class _Fetch:
         attempt = 0
         while True:
             try:
-                return await self._attempt(url, directory, name, task_id=task_id)
+                with anyio.move_on_after(self._timeout):
+                    return await self._attempt(url, directory, name, task_id=task_id)
+                # A host this slow once is as slow again: the deadline is not retried.
+                raise DownloadError(
+                    f"GET {label} took more than {self._timeout:g} s (the download's timeout)",
+                    url=label,
+                    task_id=task_id,
+                )
             except (APIConnectionError, APIResponseError) as exc:
                 failure: Exception = exc
                 if status_decision(outcome_of(exc)) == "raise":
@@ -266,7 +307,9 @@ class _Fetch:
             if extension is None:
                 raise DownloadError(f"GET {label}: the answer is not an image", url=label, task_id=task_id)
             final = directory / f"{name}.{extension}"
-            await anyio.to_thread.run_sync(_commit, file, temporary, final)
+            with anyio.CancelScope(shield=True):
+                # Whole once renamed: the deadline or a cancelled caller cannot leave it half-committed.
+                await anyio.to_thread.run_sync(_commit, file, temporary, final)
             finished = True
             return final
         except BodyTooLarge as exc:

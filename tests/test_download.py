@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import functools
 import gzip
+import inspect
+import math
 import socket
 import threading
+import time
 import tracemalloc
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -13,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Final
 
+import anyio
 import brotli  # type: ignore[import-untyped]
 import httpx
 import pytest
@@ -20,13 +24,14 @@ import zstandard
 
 from banana2_async import (
     AsyncBanana2,
+    Banana2,
     DownloadError,
     GenerationResult,
     InvalidRequestError,
     ResultExpiredError,
     TaskInfo,
 )
-from banana2_async._download import extension_for, safe_stem
+from banana2_async._download import DEFAULT_TIMEOUT, extension_for, safe_stem
 from banana2_async.testing import ManualClock, Simulator, render_image
 
 pytestmark = pytest.mark.anyio
@@ -115,6 +120,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
         self.close_connection = True
 
+    def drip(self, head: bytes, body: bytes) -> None:
+        """Send ``head`` at once, then ``body`` a byte every half second."""
+        self.wfile.write(head)
+        self.wfile.flush()
+        for byte in body:
+            time.sleep(0.5)
+            self.wfile.write(bytes([byte]))
+            self.wfile.flush()
+        self.close_connection = True
+
     def streamed(self, coding: str, body: bytes) -> None:
         """Send an encoded body of no declared length, ended by closing the connection."""
         self.send_response(200)
@@ -141,6 +156,9 @@ def _encoded(coding: str, body: Callable[[], bytes]) -> Route:
         handler.answer(200, "image/png", body(), {"Content-Encoding": coding})
 
     return route
+
+
+HEAD: Final = b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 40\r\n\r\n"
 
 
 class _Host(ThreadingHTTPServer):
@@ -170,6 +188,8 @@ class _Host(ThreadingHTTPServer):
             "/big": lambda h, n: h.answer(200, "image/png", PNG),
             "/unsized": lambda h, n: h.unsized(PNG),
             "/redirect": lambda h, n: h.answer(302, "text/plain", b"", {"Location": "/ok.png"}),
+            "/drip-body": lambda h, n: h.drip(HEAD, PNG[:40]),
+            "/drip-head": lambda h, n: h.drip(b"", HEAD + PNG[:40]),
             "/gzip.png": _encoded("gzip", lambda: gzip.compress(PNG)),
         }
         for status in (403, 404, 410):
@@ -469,3 +489,40 @@ async def test_an_encoded_image_is_saved_decoded(client: AsyncBanana2, host: _Ho
     assert path.read_bytes() == PNG
     (_, headers) = host.seen[-1]
     assert headers["accept-encoding"] == "gzip, deflate, br, zstd"
+
+
+@pytest.mark.parametrize("path", ["/drip-body", "/drip-head"])
+async def test_a_dripping_host_is_a_download_error_within_the_timeout(
+    client: AsyncBanana2, host: _Host, tmp_path: Path, path: str
+) -> None:
+    """A host that sends a byte every half second ends in DownloadError once the attempt's timeout has passed."""
+    started = anyio.current_time()
+    with pytest.raises(DownloadError, match=r"took more than 0\.3 s") as caught:
+        await client.download(_result("t22", f"{host.base_url}{path}?sig=secret"), tmp_path, timeout=0.3)
+    assert anyio.current_time() - started < 1.0
+    assert "secret" not in str(caught.value)
+    assert caught.value.url == f"{host.base_url}{path}"
+    assert host.hits(path) == 1
+    assert _names(tmp_path) == []
+
+
+def test_the_blocking_client_passes_the_timeout_on(host: _Host, tmp_path: Path) -> None:
+    """Banana2.download takes the same timeout, with the same default, as AsyncBanana2.download."""
+    for download in (AsyncBanana2.download, Banana2.download):
+        assert inspect.signature(download).parameters["timeout"].default == DEFAULT_TIMEOUT
+    with Banana2(api_key=KEY, base_url="https://api.banana2.invalid") as client:
+        with pytest.raises(DownloadError, match="took more than"):
+            client.download(_result("t23", f"{host.base_url}/drip-body"), tmp_path, timeout=0.2)
+        with pytest.raises(InvalidRequestError):
+            client.download(_result("t23", f"{host.base_url}/ok.png"), tmp_path, timeout=-1)
+
+
+@pytest.mark.parametrize("value", [0, -1.0, math.nan, math.inf, "5", True, None])
+async def test_a_bad_timeout_is_refused_before_any_request(
+    client: AsyncBanana2, host: _Host, tmp_path: Path, value: object
+) -> None:
+    """timeout must be a positive, finite number of seconds; anything else is InvalidRequestError, nothing sent."""
+    with pytest.raises(InvalidRequestError) as caught:
+        await client.download(_result("t24", f"{host.base_url}/ok.png"), tmp_path, timeout=value)  # type: ignore[arg-type]
+    assert caught.value.field == "timeout"
+    assert host.seen == []
