@@ -481,9 +481,9 @@ class AsyncBanana2:
         Raises:
             InvalidRequestError: ``max_bytes``, ``max_retries`` or ``timeout`` is out of range.
             ResultExpiredError: A result URL answered 403, 404 or 410.
-            DownloadError: An image could not be downloaded (too large, not an
-                image, over its deadline, still failing after ``max_retries``
-                retries, disk error).
+            DownloadError: An image could not be downloaded (a bad URL or
+                redirect, too large, not an image, over its deadline, still
+                failing after ``max_retries`` retries, disk error).
         """
         from ._download import download_result
 

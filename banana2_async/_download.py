@@ -5,7 +5,9 @@ only. Each image is streamed into a hidden temporary file beside its final
 name and renamed into place once it is whole, so a file named
 ``<task_id>-<n>.<ext>`` is never a partial image. Requests are built without
 the API's headers and without the http client's own auth: the API key never
-reaches a result host.
+reaches a result host. Everything a result host chooses (the URL, each
+redirect, the body and its coding) is checked, and a bad one is a
+`DownloadError`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import random
 import re
 import secrets
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,7 +29,14 @@ import anyio.to_thread
 import httpx
 
 from ._body import ACCEPT_ENCODING, BodyTooLarge, BodyUndecodable, decoded_chunks
-from ._exceptions import APIConnectionError, APIResponseError, DownloadError, InvalidRequestError, ResultExpiredError
+from ._exceptions import (
+    APIConnectionError,
+    APIResponseError,
+    ConfigurationError,
+    DownloadError,
+    InvalidRequestError,
+    ResultExpiredError,
+)
 from ._http import USER_AGENT, _translated
 from ._models import GenerationResult
 from ._retry import backoff, outcome_of, retry_after_seconds, status_decision
@@ -48,6 +58,9 @@ _MAX_RETRY_AFTER: Final = 30.0
 _EXPIRED: Final = frozenset({403, 404, 410})
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9_.-]")
 _MAX_STEM: Final = 100
+# In a result URL: characters no URL holds (whitespace, controls, lone surrogates), and the port as written.
+_NOT_IN_URL: Final = re.compile(r"[\s\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_PORT: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://(?:[^/?#@]*@)?(?:\[[^\]/?#]*\]|[^:/?#]*)(?::([^/?#]*))?")
 
 _EXTENSIONS: Final[Mapping[str, str]] = {
     "image/png": "png",
@@ -110,14 +123,54 @@ def extension_for(content_type: str | None, head: bytes) -> str | None:
 
 
 def _label(url: httpx.URL) -> str:
-    # The query of a signed URL is a credential of sorts: errors name the URL without it.
-    return str(url.copy_with(query=None, fragment=None))
+    # The query of a signed URL is a credential of sorts, as is a user and password: errors name the URL without them.
+    return str(url.copy_with(query=None, fragment=None, userinfo=b""))
+
+
+def _http_url(url: httpx.URL) -> str | None:
+    """What is wrong with ``url`` as the address of an image, if anything."""
+    if url.scheme not in ("http", "https") or not url.raw_host:
+        return "is not an http(s) URL"
+    if url.port is not None and not 0 < url.port < 65536:
+        return "has a port out of range"
+    try:
+        # httpx decodes an IDNA host name when it is read, and refuses one that is not valid then.
+        url.host.encode()
+    except UnicodeError:
+        return "has a host name that is not valid"
+    return None
+
+
+def _result_url(raw: object) -> tuple[httpx.URL | None, str]:
+    """``raw`` parsed as the address of an image (``None`` if it does not parse), and what is wrong with it."""
+    if not isinstance(raw, str):
+        return None, "is not a string"
+    if _NOT_IN_URL.search(raw):
+        return None, "holds whitespace, a control character or a lone surrogate"
+    try:
+        url = httpx.URL(raw)
+    except (httpx.InvalidURL, ValueError, TypeError):
+        return None, "is not a valid URL"
+    # httpx reads a port in any script's digits (":\u0663" is port 3), or a negative one.
+    written = _PORT.match(raw)
+    port = written.group(1) if written else None
+    if port and not (port.isascii() and port.isdigit()):
+        return url, "has a port that is not a number"
+    return url, _http_url(url) or ""
 
 
 def _timeout(value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
         raise InvalidRequestError(f"timeout must be a positive number of seconds, got {value!r}", field="timeout")
     return float(value)
+
+
+def _retry_after(hint: str | None) -> float | None:
+    try:
+        return retry_after_seconds(hint, now=time.time(), cap=_MAX_RETRY_AFTER)
+    except (ValueError, OverflowError):
+        # A date no calendar holds is no hint.
+        return None
 
 
 async def download_result(
@@ -151,9 +204,9 @@ async def download_result(
     Raises:
         InvalidRequestError: ``max_bytes``, ``max_retries`` or ``timeout`` is out of range.
         ResultExpiredError: A result host answered 403, 404 or 410.
-        DownloadError: An image could not be downloaded (too large, not an
-            image, over its deadline, still failing after ``max_retries``
-            retries, or a disk error).
+        DownloadError: An image could not be downloaded (a bad URL or redirect,
+            too large, not an image, over its deadline, still failing after
+            ``max_retries`` retries, or a disk error).
     """
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
         raise InvalidRequestError(f"max_bytes must be a positive integer, got {max_bytes!r}", field="max_bytes")
@@ -179,6 +232,15 @@ async def download_result(
     ]
 
 
+def _declared_length(response: httpx.Response) -> int | None:
+    """The body length the answer declares, if it declares one in plain digits."""
+    declared = response.headers.get("content-length", "")
+    if not (declared.isascii() and declared.isdigit()):
+        return None
+    # More digits than any cap has, and than int() would read.
+    return int(declared) if len(declared) < 19 else sys.maxsize
+
+
 class _Fetch:
     """The download of one image after another, with the same limits and retry policy."""
 
@@ -195,13 +257,13 @@ class _Fetch:
 
     async def one(self, raw_url: str, directory: Path, name: str, *, task_id: str) -> Path:
         """Download one image to ``directory/name.<ext>``, retrying transient failures."""
-        try:
-            url = httpx.URL(raw_url)
-        except (httpx.InvalidURL, TypeError) as exc:
-            raise DownloadError("the result URL is not a valid URL", url="", task_id=task_id) from exc
+        url, wrong = _result_url(raw_url)
+        if wrong or url is None:
+            # A URL that does not parse is not shown: it may be anything, signature and all.
+            label = "" if url is None else _label(url)
+            shown = f" {label!r}" if label else ""
+            raise DownloadError(f"the result URL{shown} {wrong}", url=label, task_id=task_id)
         label = _label(url)
-        if url.scheme not in ("http", "https") or not url.host:
-            raise DownloadError(f"the result URL {label!r} is not an http(s) URL", url=label, task_id=task_id)
         attempt = 0
         while True:
             try:
@@ -219,6 +281,9 @@ class _Fetch:
                     raise DownloadError(f"GET {label}: {exc}", url=label, task_id=task_id) from exc
                 retry_after = None
                 status_code = exc.status_code if isinstance(exc, APIResponseError) else None
+            except ConfigurationError as exc:
+                # A transport of the caller's client that takes no http(s) URL: nothing to retry.
+                raise DownloadError(f"GET {label}: {exc}", url=label, task_id=task_id) from exc
             except _Transient as exc:
                 failure, retry_after, status_code = exc, exc.retry_after, exc.status_code
             if attempt >= self._max_retries:
@@ -233,17 +298,43 @@ class _Fetch:
 
     async def _attempt(self, url: httpx.URL, directory: Path, name: str, *, task_id: str) -> Path:
         label = _label(url)
+        client = self._client
         headers = {"Accept": "image/*", "Accept-Encoding": ACCEPT_ENCODING, "User-Agent": USER_AGENT}
-        request = self._client.build_request("GET", url, headers=headers)
+        request = client.build_request("GET", url, headers=headers)
         # A caller's http client may carry default headers meant for the API: none of them leave for a result host.
         request.headers.pop("Authorization", None)
-        with _translated("GET", url.path):
-            response = await self._client.send(request, stream=True, auth=None, follow_redirects=True)
-            try:
-                self._check_status(response, label, task_id)
-                return await self._save(response, directory, name, label, task_id)
-            finally:
-                await response.aclose()
+        # Redirects are followed here, not by httpx, so that each Location is checked like the URL itself.
+        for _ in range(client.max_redirects + 1):
+            with _translated("GET", request.url.path):
+                try:
+                    response = await client.send(request, stream=True, auth=None, follow_redirects=False)
+                except (httpx.InvalidURL, UnicodeError) as exc:
+                    # httpx builds the next request from a Location as the answer comes, and fails there.
+                    raise DownloadError(
+                        f"GET {label} was redirected to a Location that is not a valid URL", url=label, task_id=task_id
+                    ) from exc
+                try:
+                    redirect = response.next_request
+                    if redirect is None:
+                        self._check_status(response, label, task_id)
+                        return await self._save(response, directory, name, label, task_id)
+                finally:
+                    await response.aclose()
+            wrong = _http_url(redirect.url)
+            if wrong:
+                raise DownloadError(
+                    f"GET {label} was redirected to {_label(redirect.url)!r}, which {wrong}",
+                    url=label,
+                    task_id=task_id,
+                    status_code=response.status_code,
+                )
+            request = redirect
+        raise DownloadError(
+            f"GET {label}: more than {client.max_redirects} redirects",
+            url=label,
+            task_id=task_id,
+            status_code=response.status_code,
+        )
 
     def _check_status(self, response: httpx.Response, label: str, task_id: str) -> None:
         code = response.status_code
@@ -254,8 +345,8 @@ class _Fetch:
                 raise DownloadError(
                     f"GET {label} answered with {content_type!r}, not an image", url=label, task_id=task_id
                 )
-            declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > self._max_bytes:
+            declared = _declared_length(response)
+            if declared is not None and declared > self._max_bytes:
                 raise DownloadError(
                     f"GET {label}: the image declares {declared} bytes, more than the cap of {self._max_bytes} bytes",
                     url=label,
@@ -271,9 +362,9 @@ class _Fetch:
                 status_code=code,
             )
         if status_decision(code) == "retry":
-            hint = response.headers.get("retry-after")
-            retry_after = retry_after_seconds(hint, now=time.time(), cap=_MAX_RETRY_AFTER)
-            raise _Transient(f"HTTP {code}", status_code=code, retry_after=retry_after)
+            raise _Transient(
+                f"HTTP {code}", status_code=code, retry_after=_retry_after(response.headers.get("retry-after"))
+            )
         raise DownloadError(f"GET {label} answered {code}", url=label, task_id=task_id, status_code=code)
 
     async def _save(self, response: httpx.Response, directory: Path, name: str, label: str, task_id: str) -> Path:
@@ -295,11 +386,11 @@ class _Fetch:
                     if len(head) < 16:
                         head += chunk[:16]
                     await anyio.to_thread.run_sync(file.write, chunk)
-            declared = response.headers.get("content-length", "")
+            declared = _declared_length(response)
             # Without a content coding the bytes received are the bytes declared: a body
             # cut short is never mistaken for an image, whatever the transport checked.
             encoded = "content-encoding" in response.headers
-            if declared.isdigit() and not encoded and size != int(declared):
+            if declared is not None and not encoded and size != declared:
                 raise _Transient(
                     f"the body was cut short: {size} of {declared} bytes", status_code=response.status_code
                 )

@@ -25,6 +25,7 @@ import zstandard
 from banana2_async import (
     AsyncBanana2,
     Banana2,
+    ConfigurationError,
     DownloadError,
     GenerationResult,
     InvalidRequestError,
@@ -161,6 +162,13 @@ def _encoded(coding: str, body: Callable[[], bytes]) -> Route:
 HEAD: Final = b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 40\r\n\r\n"
 
 
+def _redirect(location: str) -> Route:
+    def route(handler: _Handler, count: int) -> None:
+        handler.answer(302, "text/plain", b"", {"Location": location})
+
+    return route
+
+
 class _Host(ThreadingHTTPServer):
     """A loopback result host that records every request's headers and answers from scripted routes."""
 
@@ -191,6 +199,11 @@ class _Host(ThreadingHTTPServer):
             "/drip-body": lambda h, n: h.drip(HEAD, PNG[:40]),
             "/drip-head": lambda h, n: h.drip(b"", HEAD + PNG[:40]),
             "/gzip.png": _encoded("gzip", lambda: gzip.compress(PNG)),
+            "/to-file": _redirect("file:///etc/passwd"),
+            "/to-ftp": _redirect("ftp://127.0.0.1/ok.png"),
+            "/to-javascript": _redirect("javascript:alert(1)"),
+            "/to-bad-port": _redirect("http://127.0.0.1:99999/ok.png"),
+            "/loop": _redirect("/loop"),
         }
         for status in (403, 404, 410):
             self.routes[f"/expired-{status}"] = _refusal(status)
@@ -526,3 +539,88 @@ async def test_a_bad_timeout_is_refused_before_any_request(
         await client.download(_result("t24", f"{host.base_url}/ok.png"), tmp_path, timeout=value)  # type: ignore[arg-type]
     assert caught.value.field == "timeout"
     assert host.seen == []
+
+
+HOSTILE_URLS: Final = [
+    "{base}/ok.png?sig=secret\ud800",
+    "{base}/ok\x00.png?sig=secret",
+    "{base}/ok.png?sig=secret\r\nX-Injected: 1",
+    "{base}/ok .png?sig=secret",
+    " {base}/ok.png?sig=secret",
+    "{base}/ok.png?sig=secret\u2028",
+    "{base}/ok.png?sig=secret\x85",
+    "{base}/ok.png?sig=secret\t",
+    "http://127.0.0.1:99999/ok.png?sig=secret",
+    "http://127.0.0.1:0/ok.png?sig=secret",
+    "http://127.0.0.1:-1/ok.png?sig=secret",
+    "http://127.0.0.1:\u0663/ok.png?sig=secret",
+    "http://127.0.0.1:port/ok.png?sig=secret",
+    "ftp://127.0.0.1/ok.png?sig=secret",
+    "file:///etc/passwd?sig=secret",
+    "javascript:alert(1)//?sig=secret",
+    "data:image/png;base64,iVBORw0KGgo=?sig=secret",
+    "http:///ok.png?sig=secret",
+    "http://xn--/ok.png?sig=secret",
+    "http://[::1/ok.png?sig=secret",
+]
+
+
+@pytest.mark.parametrize("template", HOSTILE_URLS)
+async def test_a_hostile_result_url_is_a_download_error_before_any_request(
+    client: AsyncBanana2, host: _Host, tmp_path: Path, template: str
+) -> None:
+    """Lone surrogates, controls, whitespace, bad ports and other schemes are DownloadError, never sent or echoed."""
+    url = template.format(base=host.base_url)
+    with pytest.raises(DownloadError) as caught:
+        await client.download(_result("t25", url), tmp_path, max_retries=0)
+    assert type(caught.value) is DownloadError
+    assert "secret" not in str(caught.value)
+    assert "secret" not in caught.value.url
+    assert host.seen == []
+
+
+@pytest.mark.parametrize("path", ["/to-file", "/to-ftp", "/to-javascript", "/to-bad-port"])
+async def test_a_redirect_off_http_is_a_download_error(
+    client: AsyncBanana2, host: _Host, tmp_path: Path, path: str
+) -> None:
+    """A Location that is not an http(s) URL is a DownloadError naming the redirect, never a ConfigurationError."""
+    with pytest.raises(DownloadError, match="was redirected to") as caught:
+        await client.download(_result("t26", f"{host.base_url}{path}?sig=secret"), tmp_path)
+    assert not isinstance(caught.value.__cause__, ConfigurationError)
+    assert "secret" not in str(caught.value)
+    assert host.hits(path) == 1
+
+
+async def test_a_redirect_loop_is_a_download_error(host: _Host, tmp_path: Path) -> None:
+    """Redirects past the http client's max_redirects end in DownloadError, after that many requests."""
+    async with (
+        httpx.AsyncClient(max_redirects=3) as http,
+        AsyncBanana2(api_key=KEY, base_url="https://api.banana2.invalid", http_client=http) as client,
+    ):
+        with pytest.raises(DownloadError, match="more than 3 redirects"):
+            await client.download(_result("t27", f"{host.base_url}/loop"), tmp_path)
+    assert host.hits("/loop") == 4
+
+
+async def test_garbled_headers_from_a_result_host_are_read_safely(tmp_path: Path) -> None:
+    """A Content-Length of 5,000 digits and a Retry-After no calendar holds give typed outcomes, not ValueErrors."""
+    calls: dict[str, int] = {}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        calls[path] = calls.get(path, 0) + 1
+        if path == "/huge.png":
+            return httpx.Response(200, headers={"content-type": "image/png", "content-length": "9" * 5000}, content=PNG)
+        if calls[path] == 1:
+            return httpx.Response(503, headers={"retry-after": "Fri, 31 Dec 99999999999 23:59:59 GMT"})
+        return httpx.Response(200, headers={"content-type": "image/png"}, content=PNG)
+
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http,
+        AsyncBanana2(api_key=KEY, base_url="https://api.banana2.invalid", http_client=http) as client,
+    ):
+        with pytest.raises(DownloadError, match="declares"):
+            await client.download(_result("t28", "https://cdn.invalid/huge.png"), tmp_path)
+        (path,) = await client.download(_result("t28", "https://cdn.invalid/busy.png"), tmp_path)
+    assert path.read_bytes() == PNG
+    assert calls["/busy.png"] == 2
