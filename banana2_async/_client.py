@@ -467,9 +467,12 @@ class AsyncBanana2:
         """Download the images of ``result`` into ``dest_dir``; return the paths written.
 
         Image ``n`` of task ``T`` becomes ``T-n.<ext>``, the extension from the
-        answer's content type. Each file is streamed to a temporary name and
-        renamed when complete. The API key is never sent to the result host.
-        Works without entering the client's context.
+        answer's content type; a task id that is not a plain file name (lower
+        case letters, digits, ``_`` and ``-``) is spelt with safe characters
+        and a short hash of it, so distinct ids never share a file. Each file
+        is streamed to a temporary name and renamed when complete. The API
+        key is never sent to the result host. Works without entering the
+        client's context.
 
         Args:
             max_bytes: Cap on each image, counted after its content coding is

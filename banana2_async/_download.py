@@ -3,7 +3,7 @@
 Result URLs live on hosts other than the API's and may be signed for minutes
 only. Each image is streamed into a hidden temporary file beside its final
 name and renamed into place once it is whole, so a file named
-``<task_id>-<n>.<ext>`` is never a partial image. Requests are built without
+``<stem>-<n>.<ext>`` is never a partial image. Requests are built without
 the API's headers and without the http client's own auth: the API key never
 reaches a result host. Everything a result host chooses (the URL, each
 redirect, the body and its coding) is checked, and a bad one is a
@@ -12,7 +12,9 @@ redirect, the body and its coding) is checked, and a bad one is a
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import math
 import os
 import random
@@ -56,8 +58,13 @@ DEFAULT_MAX_RETRIES: Final = DEFAULT_DOWNLOAD_RETRIES
 DEFAULT_TIMEOUT: Final = 300.0
 _MAX_RETRY_AFTER: Final = 30.0
 _EXPIRED: Final = frozenset({403, 404, 410})
-_UNSAFE: Final = re.compile(r"[^A-Za-z0-9_.-]")
-_MAX_STEM: Final = 100
+# A task id kept as its own stem: lower case (two ids that differ in case alone stay apart on a
+# case-insensitive disk), no dot (no hidden file, no Windows device name such as "nul.x-0.png"),
+# not starting with "-" (no shell option). Any other id is spelt with these and "_", then "~" and
+# a hash of the id, which no id kept as it is holds.
+_PLAIN_ID: Final = re.compile(r"[a-z0-9_][a-z0-9_-]{0,63}")
+_UNSAFE: Final = re.compile(r"[^A-Za-z0-9_-]")
+_READABLE: Final = 48
 # In a result URL: characters no URL holds (whitespace, controls, lone surrogates), and the port as written.
 _NOT_IN_URL: Final = re.compile(r"[\s\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _PORT: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://(?:[^/?#@]*@)?(?:\[[^\]/?#]*\]|[^:/?#]*)(?::([^/?#]*))?")
@@ -95,9 +102,20 @@ class _Transient(Exception):
 
 
 def safe_stem(task_id: str) -> str:
-    """``task_id`` made safe as a file name: no path separators, no leading dot."""
-    stem = _UNSAFE.sub("_", task_id).lstrip(".")[:_MAX_STEM]
-    return stem or "task"
+    """The start of the file names of ``task_id``'s images: distinct for distinct ids, safe on any disk.
+
+    An id of lower-case letters, digits, ``_`` and ``-`` (not first), up to
+    64 characters, is kept as it is. Any other id is spelt with those
+    characters (upper case kept, anything else ``_``, at most 48 of them),
+    then ``~`` and 16 characters of a hash of the whole id: no path
+    separator, dot, space or control character, never a Windows device
+    name, and two ids that differ only in case never share a name.
+    """
+    if _PLAIN_ID.fullmatch(task_id):
+        return task_id
+    readable = _UNSAFE.sub("_", task_id[:_READABLE]).lstrip("-") or "task"
+    digest = hashlib.blake2b(task_id.encode("utf-8", "surrogatepass"), digest_size=10).digest()
+    return f"{readable}~{base64.b32encode(digest).decode().lower()}"
 
 
 def _media_type(content_type: str | None) -> str:
@@ -185,10 +203,11 @@ async def download_result(
 ) -> list[Path]:
     """Download every image of ``result`` into ``dest_dir``; return the paths written, in order.
 
-    Image ``n`` (from 0) of task ``T`` is saved as ``T-n.<ext>``, the
-    extension taken from the answer's content type (or, for an untyped
-    answer, its first bytes), never from the URL. ``dest_dir`` is created if
-    missing; an existing file of the same name is replaced atomically.
+    Image ``n`` (from 0) of task ``T`` is saved as ``<stem>-n.<ext>``, the
+    stem from `safe_stem` (``T`` itself for a plain id), the extension from
+    the answer's content type (or, for an untyped answer, its first bytes),
+    never from the URL. ``dest_dir`` is created if missing; an existing file
+    of the same name is replaced atomically.
 
     Args:
         max_bytes: Cap on each image, counted after its ``Content-Encoding``

@@ -6,6 +6,7 @@ import functools
 import gzip
 import inspect
 import math
+import re
 import socket
 import threading
 import time
@@ -21,6 +22,8 @@ import brotli  # type: ignore[import-untyped]
 import httpx
 import pytest
 import zstandard
+from hypothesis import given
+from hypothesis import strategies as st
 
 from banana2_async import (
     AsyncBanana2,
@@ -349,8 +352,8 @@ async def test_a_hostile_task_id_stays_inside_the_directory(client: AsyncBanana2
     """A task id with path separators or a leading dot cannot name a file outside dest_dir."""
     (path,) = await client.download(_result("../../etc/passwd", f"{host.base_url}/ok.png"), tmp_path / "out")
     assert path.parent == tmp_path / "out"
-    assert path.name == "_.._etc_passwd-0.png"
-    assert safe_stem("...") == "task"
+    assert re.fullmatch(r"______etc_passwd~[a-z2-7]{16}-0\.png", path.name)
+    assert re.fullmatch(r"___~[a-z2-7]{16}", safe_stem("..."))
 
 
 async def test_stale_partial_files_of_the_image_are_removed(client: AsyncBanana2, host: _Host, tmp_path: Path) -> None:
@@ -624,3 +627,49 @@ async def test_garbled_headers_from_a_result_host_are_read_safely(tmp_path: Path
         (path,) = await client.download(_result("t28", "https://cdn.invalid/busy.png"), tmp_path)
     assert path.read_bytes() == PNG
     assert calls["/busy.png"] == 2
+
+
+ID_CHARACTERS: Final = "aAzZ09_.-~/\\ :\x00\ud800\u00e9\u0130"
+
+
+@given(first=st.text(ID_CHARACTERS, max_size=6) | st.text(), second=st.text(ID_CHARACTERS, max_size=6) | st.text())
+def test_distinct_task_ids_never_share_a_file_name(first: str, second: str) -> None:
+    """safe_stem is injective, even on a disk blind to case, and its names are plain ASCII of bounded length."""
+    for stem in (safe_stem(first), safe_stem(second)):
+        assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}|[A-Za-z0-9_][A-Za-z0-9_-]{0,47}~[a-z2-7]{16}", stem)
+    if first != second:
+        assert safe_stem(first).lower() != safe_stem(second).lower()
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("Task1", "task1"),
+        ("a/b", "a_b"),
+        ("a.b", "a_b"),
+        ("x" * 100, "x" * 101),
+        ("\ud800", "\udc00"),
+        ("\ud83d\ude00", "\U0001f600"),
+        ("", "task"),
+    ],
+)
+def test_ids_that_sanitise_alike_get_distinct_names(first: str, second: str) -> None:
+    """Ids that differ only in case, in characters a file name cannot hold, or past a length keep apart."""
+    assert safe_stem(first).lower() != safe_stem(second).lower()
+
+
+@pytest.mark.parametrize(
+    ("task_id", "stem"),
+    [("n1a2b3c4d5e6f7nb2", "n1a2b3c4d5e6f7nb2"), ("task_1-2", "task_1-2"), ("t" * 64, "t" * 64)],
+)
+def test_a_plain_task_id_is_its_own_stem(task_id: str, stem: str) -> None:
+    """An id of lower-case letters, digits, _ and - (the API's kind) names its files as it is."""
+    assert safe_stem(task_id) == stem
+
+
+@pytest.mark.parametrize("task_id", ["nul", "con.png", "nul.tar", "-rf", ".hidden", "COM1"])
+def test_no_stem_is_a_device_name_an_option_or_hidden(task_id: str) -> None:
+    """No file name is a Windows device name (before its first dot), starts with - or ., whatever the id."""
+    name = f"{safe_stem(task_id)}-0.png"
+    assert name.split(".", 1)[0].upper() not in {"NUL", "CON", "PRN", "AUX", "COM1", "LPT1"}
+    assert not name.startswith(("-", "."))
