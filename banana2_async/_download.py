@@ -65,6 +65,8 @@ _EXPIRED: Final = frozenset({403, 404, 410})
 _PLAIN_ID: Final = re.compile(r"[a-z0-9_][a-z0-9_-]{0,63}")
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9_-]")
 _READABLE: Final = 48
+# A temporary file nobody holds and nobody wrote to for this long was left by a download that died.
+_STALE_AFTER: Final = 60.0
 # In a result URL: characters no URL holds (whitespace, controls, lone surrogates), and the port as written.
 _NOT_IN_URL: Final = re.compile(r"[\s\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _PORT: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://(?:[^/?#@]*@)?(?:\[[^\]/?#]*\]|[^:/?#]*)(?::([^/?#]*))?")
@@ -207,7 +209,8 @@ async def download_result(
     stem from `safe_stem` (``T`` itself for a plain id), the extension from
     the answer's content type (or, for an untyped answer, its first bytes),
     never from the URL. ``dest_dir`` is created if missing; an existing file
-    of the same name is replaced atomically.
+    of the same name is replaced atomically, and downloads of one image
+    running at once each finish whole.
 
     Args:
         max_bytes: Cap on each image, counted after its ``Content-Encoding``
@@ -441,20 +444,62 @@ class _Fetch:
                     await anyio.to_thread.run_sync(_discard, file, temporary)
 
 
+if sys.platform == "win32":
+    # Windows refuses to delete or rename a file some download has open: that is its lock.
+
+    def _hold(file: IO[bytes]) -> None:
+        return None
+
+    def _sweep(directory: Path, name: str) -> None:
+        for stale in directory.glob(f".{name}.*.part"):
+            with contextlib.suppress(OSError):
+                if time.time() - stale.stat().st_mtime >= _STALE_AFTER:
+                    stale.unlink()
+
+else:
+    import fcntl
+
+    def _hold(file: IO[bytes]) -> None:
+        # Held until the file is closed: a sweep by another download passes it by.
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def _sweep(directory: Path, name: str) -> None:
+        for stale in directory.glob(f".{name}.*.part"):
+            with contextlib.suppress(OSError):
+                if time.time() - stale.stat().st_mtime < _STALE_AFTER:
+                    continue
+                with open(stale, "rb") as held:
+                    # A download still writing it, in this process or another, holds its lock.
+                    fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    stale.unlink()
+
+
 def _create(path: Path) -> IO[bytes]:
     # "x": a name that exists is never written through, whoever made it.
-    return open(path, "xb")
+    file = open(path, "xb")  # noqa: SIM115 - closed by `_commit` or `_discard`
+    try:
+        _hold(file)
+    except OSError:
+        file.close()
+        path.unlink(missing_ok=True)
+        raise
+    return file
 
 
 def _commit(file: IO[bytes], temporary: Path, final: Path) -> None:
     """Make the complete temporary file durable, then give it its final name in one step."""
     file.flush()
     os.fsync(file.fileno())
-    file.close()
-    os.replace(temporary, final)
-    # Partial files of the same image left by an interrupted run are garbage now.
-    for stale in final.parent.glob(f".{final.stem}.*.part"):
-        stale.unlink(missing_ok=True)
+    if sys.platform == "win32":
+        file.close()
+        os.replace(temporary, final)
+    else:
+        # Renamed while still held, so that no sweep takes it between the two.
+        os.replace(temporary, final)
+        file.close()
+    # Temporary files of the same image left by an interrupted run are garbage now;
+    # those of a download still running are left to it.
+    _sweep(final.parent, final.stem)
 
 
 def _discard(file: IO[bytes], temporary: Path) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import inspect
 import math
+import os
 import re
 import socket
+import sys
 import threading
 import time
 import tracemalloc
@@ -144,6 +147,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
         self.close_connection = True
 
+    def gated(self, body: bytes) -> None:
+        """Send half the body, wait for the host's gate to open, then send the rest."""
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2])
+        self.wfile.flush()
+        self.server.gate.wait(5)
+        self.wfile.write(body[len(body) // 2 :])
+
 
 Route = Callable[[_Handler, int], None]
 
@@ -151,6 +165,13 @@ Route = Callable[[_Handler, int], None]
 def _refusal(status: int) -> Route:
     def route(handler: _Handler, count: int) -> None:
         handler.answer(status, "text/plain", b"expired")
+
+    return route
+
+
+def _redirect(location: str) -> Route:
+    def route(handler: _Handler, count: int) -> None:
+        handler.answer(302, "text/plain", b"", {"Location": location})
 
     return route
 
@@ -165,13 +186,6 @@ def _encoded(coding: str, body: Callable[[], bytes]) -> Route:
 HEAD: Final = b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 40\r\n\r\n"
 
 
-def _redirect(location: str) -> Route:
-    def route(handler: _Handler, count: int) -> None:
-        handler.answer(302, "text/plain", b"", {"Location": location})
-
-    return route
-
-
 class _Host(ThreadingHTTPServer):
     """A loopback result host that records every request's headers and answers from scripted routes."""
 
@@ -180,6 +194,7 @@ class _Host(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.lock = threading.Lock()
+        self.gate = threading.Event()
         self.seen: list[tuple[str, dict[str, str]]] = []
         self.routes: dict[str, Route] = {
             "/ok.png": lambda h, n: h.answer(200, "image/png", PNG),
@@ -201,6 +216,7 @@ class _Host(ThreadingHTTPServer):
             "/redirect": lambda h, n: h.answer(302, "text/plain", b"", {"Location": "/ok.png"}),
             "/drip-body": lambda h, n: h.drip(HEAD, PNG[:40]),
             "/drip-head": lambda h, n: h.drip(b"", HEAD + PNG[:40]),
+            "/gated": lambda h, n: h.gated(PNG) if n == 1 else h.answer(200, "image/png", PNG),
             "/gzip.png": _encoded("gzip", lambda: gzip.compress(PNG)),
             "/to-file": _redirect("file:///etc/passwd"),
             "/to-ftp": _redirect("ftp://127.0.0.1/ok.png"),
@@ -356,12 +372,30 @@ async def test_a_hostile_task_id_stays_inside_the_directory(client: AsyncBanana2
     assert re.fullmatch(r"___~[a-z2-7]{16}", safe_stem("..."))
 
 
+@contextlib.contextmanager
+def _held(path: Path) -> Iterator[None]:
+    """Hold ``path`` open and locked, as a download writing it does."""
+    import fcntl
+
+    with open(path, "rb") as file:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a download's lock is its open file there")
 async def test_stale_partial_files_of_the_image_are_removed(client: AsyncBanana2, host: _Host, tmp_path: Path) -> None:
-    """A partial file left by an interrupted download is removed once the image is complete."""
-    (tmp_path / ".t11-0.dead0000.part").write_bytes(b"half an image")
-    (tmp_path / ".t11-01.keep0000.part").write_bytes(b"another image")
-    await client.download(_result("t11", f"{host.base_url}/ok.png"), tmp_path)
-    assert _names(tmp_path) == [".t11-01.keep0000.part", "t11-0.png"]
+    """A partial file nobody holds and nobody wrote to for a minute is removed once the image is complete."""
+    stale = tmp_path / ".t11-0.dead0000.part"
+    fresh = tmp_path / ".t11-0.live0000.part"
+    held = tmp_path / ".t11-0.held0000.part"
+    for path in (stale, fresh, held, tmp_path / ".t11-01.keep0000.part"):
+        path.write_bytes(b"half an image")
+    an_hour_ago = time.time() - 3600
+    for path in (stale, held):
+        os.utime(path, (an_hour_ago, an_hour_ago))
+    with _held(held):
+        await client.download(_result("t11", f"{host.base_url}/ok.png"), tmp_path)
+    assert _names(tmp_path) == [".t11-0.held0000.part", ".t11-0.live0000.part", ".t11-01.keep0000.part", "t11-0.png"]
 
 
 async def test_an_unreachable_host_is_retried_then_a_download_error(client: AsyncBanana2, tmp_path: Path) -> None:
@@ -627,6 +661,29 @@ async def test_garbled_headers_from_a_result_host_are_read_safely(tmp_path: Path
         (path,) = await client.download(_result("t28", "https://cdn.invalid/busy.png"), tmp_path)
     assert path.read_bytes() == PNG
     assert calls["/busy.png"] == 2
+
+
+async def test_two_downloads_of_one_image_at_once_both_succeed(
+    client: AsyncBanana2, host: _Host, tmp_path: Path
+) -> None:
+    """A download finishing while another of the same image is half-written leaves the other's file alone."""
+    result = _result("t29", f"{host.base_url}/gated")
+    paths: list[Path] = []
+
+    async def download() -> None:
+        paths.extend(await client.download(result, tmp_path))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(download)
+        with anyio.fail_after(5):
+            # The first download's temporary file appearing is the event waited for.
+            while not any(name.endswith(".part") for name in _names(tmp_path)):  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        await download()
+        host.gate.set()
+    assert paths == [tmp_path / "t29-0.png"] * 2
+    assert paths[0].read_bytes() == PNG
+    assert _names(tmp_path) == ["t29-0.png"]
 
 
 ID_CHARACTERS: Final = "aAzZ09_.-~/\\ :\x00\ud800\u00e9\u0130"
