@@ -364,11 +364,13 @@ async def _leave(raw: AsyncGenerator[bytes, None]) -> None:
     raises through all of them instead; only bytes already buffered come
     first, and a stream that never waits is given up after a few reads.
     """
-    with contextlib.suppress(Exception), anyio.CancelScope() as scope:
-        scope.cancel()
-        for _ in range(_PULLS):
-            await raw.__anext__()
-    await raw.aclose()
+    try:
+        with contextlib.suppress(Exception), anyio.CancelScope() as scope:
+            scope.cancel()
+            for _ in range(_PULLS):
+                await raw.__anext__()
+    finally:
+        await raw.aclose()
 
 
 async def decoded_chunks(response: httpx.Response, *, limit: int) -> AsyncGenerator[bytes, None]:
