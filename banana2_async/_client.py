@@ -490,23 +490,42 @@ class AsyncBanana2:
         *,
         max_bytes: int = DEFAULT_DOWNLOAD_MAX_BYTES,
         max_retries: int = DEFAULT_DOWNLOAD_RETRIES,
+        timeout: float = 300.0,  # noqa: ASYNC109 - per attempt, which a caller's own deadline cannot be
     ) -> list[Path]:
         """Download the images of ``result`` into ``dest_dir``; return the paths written.
 
         Image ``n`` of task ``T`` becomes ``T-n.<ext>``, the extension from the
-        answer's content type. Each file is streamed to a temporary name and
-        renamed when complete. The API key is never sent to the result host.
-        Works without entering the client's context.
+        answer's content type; a task id that is not a plain file name (lower
+        case letters, digits, ``_`` and ``-``) is spelt with safe characters
+        and a short hash of it, so distinct ids never share a file. Each file
+        is streamed to a temporary name and renamed when complete. The API
+        key is never sent to the result host. Works without entering the
+        client's context.
+
+        Args:
+            max_bytes: Cap on each image, counted after its content coding is
+                undone, while it streams.
+            max_retries: Retries of an image after a transient failure.
+            timeout: Seconds each attempt at an image may take, from connecting
+                to its last byte; one over it is not retried.
 
         Raises:
+            InvalidRequestError: ``max_bytes``, ``max_retries`` or ``timeout`` is out of range.
             ResultExpiredError: A result URL answered 403, 404 or 410.
-            DownloadError: An image could not be downloaded (too large, not an
-                image, still failing after ``max_retries`` retries, disk error).
+            DownloadError: An image could not be downloaded (a bad URL or
+                redirect, too large, not an image, over its deadline, still
+                failing after ``max_retries`` retries, disk error).
         """
         from ._download import download_result
 
         if self._closed:
             raise RuntimeError("this AsyncBanana2 is closed")
         return await download_result(
-            self._wire.http_client, result, dest_dir, max_bytes=max_bytes, max_retries=max_retries, rng=self._rng
+            self._wire.http_client,
+            result,
+            dest_dir,
+            max_bytes=max_bytes,
+            max_retries=max_retries,
+            timeout=timeout,
+            rng=self._rng,
         )

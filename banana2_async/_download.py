@@ -1,44 +1,75 @@
-"""Result downloads: streamed, size-capped, atomic, and without the API's credentials.
+"""Result downloads: streamed, size-capped, deadlined, atomic, and without the API's credentials.
 
 Result URLs live on hosts other than the API's and may be signed for minutes
 only. Each image is streamed into a hidden temporary file beside its final
 name and renamed into place once it is whole, so a file named
-``<task_id>-<n>.<ext>`` is never a partial image. Requests are built without
+``<stem>-<n>.<ext>`` is never a partial image. Requests are built without
 the API's headers and without the http client's own auth: the API key never
-reaches a result host.
+reaches a result host. Everything a result host chooses (the URL, each
+redirect, the body and its coding) is checked, and a bad one is a
+`DownloadError`.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import math
 import os
 import random
 import re
 import secrets
+import sys
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Final, cast
+from typing import IO, Final
 
 import anyio
 import anyio.to_thread
 import httpx
 
-from ._exceptions import APIConnectionError, APIResponseError, DownloadError, InvalidRequestError, ResultExpiredError
+from ._body import ACCEPT_ENCODING, BodyTooLarge, BodyUndecodable, decoded_chunks
+from ._exceptions import (
+    APIConnectionError,
+    APIResponseError,
+    ConfigurationError,
+    DownloadError,
+    InvalidRequestError,
+    ResultExpiredError,
+)
 from ._http import USER_AGENT, _translated
 from ._models import GenerationResult
 from ._retry import backoff, outcome_of, retry_after_seconds, status_decision
 from ._types import DEFAULT_DOWNLOAD_MAX_BYTES, DEFAULT_DOWNLOAD_RETRIES
 
-__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_RETRIES", "download_result", "extension_for", "safe_stem"]
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_RETRIES",
+    "DEFAULT_TIMEOUT",
+    "download_result",
+    "extension_for",
+    "safe_stem",
+]
 
 DEFAULT_MAX_BYTES: Final = DEFAULT_DOWNLOAD_MAX_BYTES
 DEFAULT_MAX_RETRIES: Final = DEFAULT_DOWNLOAD_RETRIES
-_CHUNK: Final = 64 * 1024
+DEFAULT_TIMEOUT: Final = 300.0
 _MAX_RETRY_AFTER: Final = 30.0
 _EXPIRED: Final = frozenset({403, 404, 410})
-_UNSAFE: Final = re.compile(r"[^A-Za-z0-9_.-]")
-_MAX_STEM: Final = 100
+# A task id kept as its own stem: lower case (two ids that differ in case alone stay apart on a
+# case-insensitive disk), no dot (no hidden file, no Windows device name such as "nul.x-0.png"),
+# not starting with "-" (no shell option). Any other id is spelt with these and "_", then "~" and
+# a hash of the id, which no id kept as it is holds.
+_PLAIN_ID: Final = re.compile(r"[a-z0-9_][a-z0-9_-]{0,63}")
+_UNSAFE: Final = re.compile(r"[^A-Za-z0-9_-]")
+_READABLE: Final = 48
+# A temporary file nobody holds and nobody wrote to for this long was left by a download that died.
+_STALE_AFTER: Final = 60.0
+# In a result URL: characters no URL holds (whitespace, controls, lone surrogates), and the port as written.
+_NOT_IN_URL: Final = re.compile(r"[\s\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_PORT: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://(?:[^/?#@]*@)?(?:\[[^\]/?#]*\]|[^:/?#]*)(?::([^/?#]*))?")
 
 _EXTENSIONS: Final[Mapping[str, str]] = {
     "image/png": "png",
@@ -73,9 +104,20 @@ class _Transient(Exception):
 
 
 def safe_stem(task_id: str) -> str:
-    """``task_id`` made safe as a file name: no path separators, no leading dot."""
-    stem = _UNSAFE.sub("_", task_id).lstrip(".")[:_MAX_STEM]
-    return stem or "task"
+    """The start of the file names of ``task_id``'s images: distinct for distinct ids, safe on any disk.
+
+    An id of lower-case letters, digits, ``_`` and ``-`` (not first), up to
+    64 characters, is kept as it is. Any other id is spelt with those
+    characters (upper case kept, anything else ``_``, at most 48 of them),
+    then ``~`` and 16 characters of a hash of the whole id: no path
+    separator, dot, space or control character, never a Windows device
+    name, and two ids that differ only in case never share a name.
+    """
+    if _PLAIN_ID.fullmatch(task_id):
+        return task_id
+    readable = _UNSAFE.sub("_", task_id[:_READABLE]).lstrip("-") or "task"
+    digest = hashlib.blake2b(task_id.encode("utf-8", "surrogatepass"), digest_size=10).digest()
+    return f"{readable}~{base64.b32encode(digest).decode().lower()}"
 
 
 def _media_type(content_type: str | None) -> str:
@@ -101,8 +143,54 @@ def extension_for(content_type: str | None, head: bytes) -> str | None:
 
 
 def _label(url: httpx.URL) -> str:
-    # The query of a signed URL is a credential of sorts: errors name the URL without it.
-    return str(url.copy_with(query=None, fragment=None))
+    # The query of a signed URL is a credential of sorts, as is a user and password: errors name the URL without them.
+    return str(url.copy_with(query=None, fragment=None, userinfo=b""))
+
+
+def _http_url(url: httpx.URL) -> str | None:
+    """What is wrong with ``url`` as the address of an image, if anything."""
+    if url.scheme not in ("http", "https") or not url.raw_host:
+        return "is not an http(s) URL"
+    if url.port is not None and not 0 < url.port < 65536:
+        return "has a port out of range"
+    try:
+        # httpx decodes an IDNA host name when it is read, and refuses one that is not valid then.
+        url.host.encode()
+    except UnicodeError:
+        return "has a host name that is not valid"
+    return None
+
+
+def _result_url(raw: object) -> tuple[httpx.URL | None, str]:
+    """``raw`` parsed as the address of an image (``None`` if it does not parse), and what is wrong with it."""
+    if not isinstance(raw, str):
+        return None, "is not a string"
+    if _NOT_IN_URL.search(raw):
+        return None, "holds whitespace, a control character or a lone surrogate"
+    try:
+        url = httpx.URL(raw)
+    except (httpx.InvalidURL, ValueError, TypeError):
+        return None, "is not a valid URL"
+    # httpx reads a port in any script's digits (":\u0663" is port 3), or a negative one.
+    written = _PORT.match(raw)
+    port = written.group(1) if written else None
+    if port and not (port.isascii() and port.isdigit()):
+        return url, "has a port that is not a number"
+    return url, _http_url(url) or ""
+
+
+def _timeout(value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise InvalidRequestError(f"timeout must be a positive number of seconds, got {value!r}", field="timeout")
+    return float(value)
+
+
+def _retry_after(hint: str | None) -> float | None:
+    try:
+        return retry_after_seconds(hint, now=time.time(), cap=_MAX_RETRY_AFTER)
+    except (ValueError, OverflowError):
+        # A date no calendar holds is no hint.
+        return None
 
 
 async def download_result(
@@ -112,25 +200,41 @@ async def download_result(
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_retries: int = DEFAULT_MAX_RETRIES,
+    timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 - per attempt, which a caller's own deadline cannot be
     rng: random.Random | None = None,
 ) -> list[Path]:
     """Download every image of ``result`` into ``dest_dir``; return the paths written, in order.
 
-    Image ``n`` (from 0) of task ``T`` is saved as ``T-n.<ext>``, the
-    extension taken from the answer's content type (or, for an untyped
-    answer, its first bytes), never from the URL. ``dest_dir`` is created if
-    missing; an existing file of the same name is replaced atomically.
+    Image ``n`` (from 0) of task ``T`` is saved as ``<stem>-n.<ext>``, the
+    stem from `safe_stem` (``T`` itself for a plain id), the extension from
+    the answer's content type (or, for an untyped answer, its first bytes),
+    never from the URL. ``dest_dir`` is created if missing; an existing file
+    of the same name is replaced atomically, and downloads of one image
+    running at once each finish whole.
+
+    Args:
+        max_bytes: Cap on each image, counted after its ``Content-Encoding``
+            is undone, as it streams: a body that inflates past it is stopped
+            there.
+        max_retries: Retries of an image after a transient failure (a 5xx, a
+            429, a connection error, a body cut short).
+        timeout: Seconds each attempt at an image may take, from connecting
+            to its last byte (default 300). An attempt over it is a
+            `DownloadError` and is not retried, so an image takes at most
+            about ``(max_retries + 1) * timeout`` plus the waits between.
 
     Raises:
-        InvalidRequestError: ``max_bytes`` or ``max_retries`` is out of range.
+        InvalidRequestError: ``max_bytes``, ``max_retries`` or ``timeout`` is out of range.
         ResultExpiredError: A result host answered 403, 404 or 410.
-        DownloadError: An image could not be downloaded (too large, not an
-            image, still failing after ``max_retries`` retries, or a disk error).
+        DownloadError: An image could not be downloaded (a bad URL or redirect,
+            too large, not an image, over its deadline, still failing after
+            ``max_retries`` retries, or a disk error).
     """
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
         raise InvalidRequestError(f"max_bytes must be a positive integer, got {max_bytes!r}", field="max_bytes")
     if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
         raise InvalidRequestError(f"max_retries must be 0 or more, got {max_retries!r}", field="max_retries")
+    deadline = _timeout(timeout)
     directory = Path(dest_dir)
     try:
         await anyio.Path(directory).mkdir(parents=True, exist_ok=True)
@@ -141,43 +245,67 @@ async def download_result(
             task_id=result.task_id,
         ) from exc
     stem = safe_stem(result.task_id)
-    fetch = _Fetch(http_client, max_bytes=max_bytes, max_retries=max_retries, rng=rng or random.Random())
+    fetch = _Fetch(
+        http_client, max_bytes=max_bytes, max_retries=max_retries, timeout=deadline, rng=rng or random.Random()
+    )
     return [
         await fetch.one(url, directory, f"{stem}-{index}", task_id=result.task_id)
         for index, url in enumerate(result.images)
     ]
 
 
+def _declared_length(response: httpx.Response) -> int | None:
+    """The body length the answer declares, if it declares one in plain digits."""
+    declared = response.headers.get("content-length", "")
+    if not (declared.isascii() and declared.isdigit()):
+        return None
+    # More digits than any cap has, and than int() would read.
+    return int(declared) if len(declared) < 19 else sys.maxsize
+
+
 class _Fetch:
     """The download of one image after another, with the same limits and retry policy."""
 
-    __slots__ = ("_client", "_max_bytes", "_max_retries", "_rng")
+    __slots__ = ("_client", "_max_bytes", "_max_retries", "_rng", "_timeout")
 
-    def __init__(self, client: httpx.AsyncClient, *, max_bytes: int, max_retries: int, rng: random.Random) -> None:
+    def __init__(
+        self, client: httpx.AsyncClient, *, max_bytes: int, max_retries: int, timeout: float, rng: random.Random
+    ) -> None:
         self._client = client
         self._max_bytes = max_bytes
         self._max_retries = max_retries
+        self._timeout = timeout
         self._rng = rng
 
     async def one(self, raw_url: str, directory: Path, name: str, *, task_id: str) -> Path:
         """Download one image to ``directory/name.<ext>``, retrying transient failures."""
-        try:
-            url = httpx.URL(raw_url)
-        except (httpx.InvalidURL, TypeError) as exc:
-            raise DownloadError("the result URL is not a valid URL", url="", task_id=task_id) from exc
+        url, wrong = _result_url(raw_url)
+        if wrong or url is None:
+            # A URL that does not parse is not shown: it may be anything, signature and all.
+            label = "" if url is None else _label(url)
+            shown = f" {label!r}" if label else ""
+            raise DownloadError(f"the result URL{shown} {wrong}", url=label, task_id=task_id)
         label = _label(url)
-        if url.scheme not in ("http", "https") or not url.host:
-            raise DownloadError(f"the result URL {label!r} is not an http(s) URL", url=label, task_id=task_id)
         attempt = 0
         while True:
             try:
-                return await self._attempt(url, directory, name, task_id=task_id)
+                with anyio.move_on_after(self._timeout):
+                    return await self._attempt(url, directory, name, task_id=task_id)
+                # A host this slow once is as slow again: the deadline is not retried.
+                raise DownloadError(
+                    f"GET {label} took more than {self._timeout:g} s (the download's timeout)",
+                    url=label,
+                    task_id=task_id,
+                )
             except (APIConnectionError, APIResponseError) as exc:
                 failure: Exception = exc
                 if status_decision(outcome_of(exc)) == "raise":
                     raise DownloadError(f"GET {label}: {exc}", url=label, task_id=task_id) from exc
                 retry_after = None
                 status_code = exc.status_code if isinstance(exc, APIResponseError) else None
+            except ConfigurationError as exc:
+                # A transport of the caller's client that takes no http(s) URL: nothing to retry.
+                raise DownloadError(f"GET {label}: {exc}", url=label, task_id=task_id) from exc
             except _Transient as exc:
                 failure, retry_after, status_code = exc, exc.retry_after, exc.status_code
             if attempt >= self._max_retries:
@@ -192,16 +320,43 @@ class _Fetch:
 
     async def _attempt(self, url: httpx.URL, directory: Path, name: str, *, task_id: str) -> Path:
         label = _label(url)
-        request = self._client.build_request("GET", url, headers={"Accept": "image/*", "User-Agent": USER_AGENT})
+        client = self._client
+        headers = {"Accept": "image/*", "Accept-Encoding": ACCEPT_ENCODING, "User-Agent": USER_AGENT}
+        request = client.build_request("GET", url, headers=headers)
         # A caller's http client may carry default headers meant for the API: none of them leave for a result host.
         request.headers.pop("Authorization", None)
-        with _translated("GET", url.path):
-            response = await self._client.send(request, stream=True, auth=None, follow_redirects=True)
-            try:
-                self._check_status(response, label, task_id)
-                return await self._save(response, directory, name, label, task_id)
-            finally:
-                await response.aclose()
+        # Redirects are followed here, not by httpx, so that each Location is checked like the URL itself.
+        for _ in range(client.max_redirects + 1):
+            with _translated("GET", request.url.path):
+                try:
+                    response = await client.send(request, stream=True, auth=None, follow_redirects=False)
+                except (httpx.InvalidURL, UnicodeError) as exc:
+                    # httpx builds the next request from a Location as the answer comes, and fails there.
+                    raise DownloadError(
+                        f"GET {label} was redirected to a Location that is not a valid URL", url=label, task_id=task_id
+                    ) from exc
+                try:
+                    redirect = response.next_request
+                    if redirect is None:
+                        self._check_status(response, label, task_id)
+                        return await self._save(response, directory, name, label, task_id)
+                finally:
+                    await response.aclose()
+            wrong = _http_url(redirect.url)
+            if wrong:
+                raise DownloadError(
+                    f"GET {label} was redirected to {_label(redirect.url)!r}, which {wrong}",
+                    url=label,
+                    task_id=task_id,
+                    status_code=response.status_code,
+                )
+            request = redirect
+        raise DownloadError(
+            f"GET {label}: more than {client.max_redirects} redirects",
+            url=label,
+            task_id=task_id,
+            status_code=response.status_code,
+        )
 
     def _check_status(self, response: httpx.Response, label: str, task_id: str) -> None:
         code = response.status_code
@@ -212,8 +367,8 @@ class _Fetch:
                 raise DownloadError(
                     f"GET {label} answered with {content_type!r}, not an image", url=label, task_id=task_id
                 )
-            declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > self._max_bytes:
+            declared = _declared_length(response)
+            if declared is not None and declared > self._max_bytes:
                 raise DownloadError(
                     f"GET {label}: the image declares {declared} bytes, more than the cap of {self._max_bytes} bytes",
                     url=label,
@@ -229,9 +384,9 @@ class _Fetch:
                 status_code=code,
             )
         if status_decision(code) == "retry":
-            hint = response.headers.get("retry-after")
-            retry_after = retry_after_seconds(hint, now=time.time(), cap=_MAX_RETRY_AFTER)
-            raise _Transient(f"HTTP {code}", status_code=code, retry_after=retry_after)
+            raise _Transient(
+                f"HTTP {code}", status_code=code, retry_after=_retry_after(response.headers.get("retry-after"))
+            )
         raise DownloadError(f"GET {label} answered {code}", url=label, task_id=task_id, status_code=code)
 
     async def _save(self, response: httpx.Response, directory: Path, name: str, label: str, task_id: str) -> Path:
@@ -246,25 +401,18 @@ class _Fetch:
         try:
             head = b""
             size = 0
-            # aclosing: leaving early (over the cap) finalises httpx's generators now, not at collection.
-            async with contextlib.aclosing(cast("AsyncGenerator[bytes, None]", response.aiter_bytes(_CHUNK))) as body:
+            # aclosing: leaving early (over the cap) finalises the body's generators now, not at collection.
+            async with contextlib.aclosing(decoded_chunks(response, limit=self._max_bytes)) as body:
                 async for chunk in body:
                     size += len(chunk)
-                    if size > self._max_bytes:
-                        raise DownloadError(
-                            f"GET {label}: the image is larger than the cap of {self._max_bytes} bytes",
-                            url=label,
-                            task_id=task_id,
-                            status_code=response.status_code,
-                        )
                     if len(head) < 16:
                         head += chunk[:16]
                     await anyio.to_thread.run_sync(file.write, chunk)
-            declared = response.headers.get("content-length", "")
+            declared = _declared_length(response)
             # Without a content coding the bytes received are the bytes declared: a body
             # cut short is never mistaken for an image, whatever the transport checked.
             encoded = "content-encoding" in response.headers
-            if declared.isdigit() and not encoded and size != int(declared):
+            if declared is not None and not encoded and size != declared:
                 raise _Transient(
                     f"the body was cut short: {size} of {declared} bytes", status_code=response.status_code
                 )
@@ -272,9 +420,20 @@ class _Fetch:
             if extension is None:
                 raise DownloadError(f"GET {label}: the answer is not an image", url=label, task_id=task_id)
             final = directory / f"{name}.{extension}"
-            await anyio.to_thread.run_sync(_commit, file, temporary, final)
+            with anyio.CancelScope(shield=True):
+                # Whole once renamed: the deadline or a cancelled caller cannot leave it half-committed.
+                await anyio.to_thread.run_sync(_commit, file, temporary, final)
             finished = True
             return final
+        except BodyTooLarge as exc:
+            raise DownloadError(
+                f"GET {label}: the image is larger than the cap of {self._max_bytes} bytes",
+                url=label,
+                task_id=task_id,
+                status_code=response.status_code,
+            ) from exc
+        except BodyUndecodable as exc:
+            raise DownloadError(f"GET {label}: {exc}", url=label, task_id=task_id) from exc
         except OSError as exc:
             raise DownloadError(
                 f"cannot write {str(temporary)!r}: {exc.strerror or exc}", url=label, task_id=task_id
@@ -285,20 +444,62 @@ class _Fetch:
                     await anyio.to_thread.run_sync(_discard, file, temporary)
 
 
+if sys.platform == "win32":
+    # Windows refuses to delete or rename a file some download has open: that is its lock.
+
+    def _hold(file: IO[bytes]) -> None:
+        return None
+
+    def _sweep(directory: Path, name: str) -> None:
+        for stale in directory.glob(f".{name}.*.part"):
+            with contextlib.suppress(OSError):
+                if time.time() - stale.stat().st_mtime >= _STALE_AFTER:
+                    stale.unlink()
+
+else:
+    import fcntl
+
+    def _hold(file: IO[bytes]) -> None:
+        # Held until the file is closed: a sweep by another download passes it by.
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def _sweep(directory: Path, name: str) -> None:
+        for stale in directory.glob(f".{name}.*.part"):
+            with contextlib.suppress(OSError):
+                if time.time() - stale.stat().st_mtime < _STALE_AFTER:
+                    continue
+                with open(stale, "rb") as held:
+                    # A download still writing it, in this process or another, holds its lock.
+                    fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    stale.unlink()
+
+
 def _create(path: Path) -> IO[bytes]:
     # "x": a name that exists is never written through, whoever made it.
-    return open(path, "xb")
+    file = open(path, "xb")  # noqa: SIM115 - closed by `_commit` or `_discard`
+    try:
+        _hold(file)
+    except OSError:
+        file.close()
+        path.unlink(missing_ok=True)
+        raise
+    return file
 
 
 def _commit(file: IO[bytes], temporary: Path, final: Path) -> None:
     """Make the complete temporary file durable, then give it its final name in one step."""
     file.flush()
     os.fsync(file.fileno())
-    file.close()
-    os.replace(temporary, final)
-    # Partial files of the same image left by an interrupted run are garbage now.
-    for stale in final.parent.glob(f".{final.stem}.*.part"):
-        stale.unlink(missing_ok=True)
+    if sys.platform == "win32":
+        file.close()
+        os.replace(temporary, final)
+    else:
+        # Renamed while still held, so that no sweep takes it between the two.
+        os.replace(temporary, final)
+        file.close()
+    # Temporary files of the same image left by an interrupted run are garbage now;
+    # those of a download still running are left to it.
+    _sweep(final.parent, final.stem)
 
 
 def _discard(file: IO[bytes], temporary: Path) -> None:

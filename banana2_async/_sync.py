@@ -448,19 +448,24 @@ class Banana2:
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_retries: int = DEFAULT_MAX_RETRIES,
+        timeout: float = 300.0,
     ) -> list[Path]:
         """Download the images of ``result`` into ``dest_dir``; return the paths written.
 
-        See `AsyncBanana2.download`: files are written whole or not at all, and
-        the API key never reaches the result host.
+        See `AsyncBanana2.download`: files are written whole or not at all,
+        each attempt at an image has ``timeout`` seconds, and the API key
+        never reaches the result host.
 
         Raises:
+            InvalidRequestError: ``max_bytes``, ``max_retries`` or ``timeout`` is out of range.
             ResultExpiredError: A result URL answered 403, 404 or 410.
             DownloadError: An image could not be downloaded.
         """
 
         async def download() -> list[Path]:
-            return await self._client.download(result, dest_dir, max_bytes=max_bytes, max_retries=max_retries)
+            return await self._client.download(
+                result, dest_dir, max_bytes=max_bytes, max_retries=max_retries, timeout=timeout
+            )
 
         return self._call(download)
 
