@@ -15,14 +15,15 @@ import math
 import random
 import re
 import time
-from collections.abc import AsyncGenerator, Iterator
-from typing import TYPE_CHECKING, Any, Final, NoReturn, Protocol, cast
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Final, NoReturn, Protocol
 from urllib.request import getproxies
 
 import anyio
 import httpx
 
-from ._envelope import decode_envelope, ok_envelope, plainly_running
+from ._body import BodyTooLarge, BodyUndecodable, read_body
+from ._envelope import decode_envelope, ok_envelope, plainly_running, readable
 from ._exceptions import (
     APIConnectionError,
     APIResponseError,
@@ -48,7 +49,14 @@ logger = logging.getLogger("banana2_async")
 
 DEFAULT_BASE_URL: Final = "https://banana2api.com"
 DEFAULT_TIMEOUT: Final = httpx.Timeout(30.0, connect=10.0)
-MAX_BODY_BYTES: Final = 4 * 1024 * 1024
+# An API answer is a few hundred bytes of JSON; the cap counts its bytes after decoding.
+MAX_BODY_BYTES: Final = 1024 * 1024
+# The content codings asked for on API answers: a window of 32 KiB each, where br and zstd let the
+# sender choose one of megabytes, and API answers are too small to gain from them. Answers in those
+# are read all the same, `MAX_WIDE_DECODES` at a time.
+API_CODINGS: Final = ("gzip", "deflate")
+MAX_WIDE_DECODES: Final = 4
+_WIDE_WINDOW: Final = re.compile(r"br|zstd", re.IGNORECASE)
 USER_AGENT: Final = f"banana2-async/{__version__}"
 # The most one request may take, from sending to the last byte of its answer (``request_timeout``).
 DEFAULT_REQUEST_TIMEOUT: Final = 60.0
@@ -185,6 +193,7 @@ class Wire:
         "_status_url",
         "_templates",
         "_timeout",
+        "_wide_decodes",
         "base_url",
     )
 
@@ -216,6 +225,7 @@ class Wire:
         self._headers = {
             "Authorization": f"Bearer {api_key}",
             "Accept": "application/json",
+            "Accept-Encoding": ", ".join(API_CODINGS),
             "User-Agent": USER_AGENT,
         }
         self._owns_client = http_client is None
@@ -237,6 +247,7 @@ class Wire:
         self._retry_uncertain = retry_uncertain_submits
         # A free slot is taken without a trip through the event loop: one less per request.
         self._slots = anyio.Semaphore(max_in_flight, fast_acquire=True)
+        self._wide_decodes = anyio.Semaphore(MAX_WIDE_DECODES)
         self._gate: Gate = gate or _OpenGate()
         self._rng = rng or random.Random()
         self._request_timeout = request_timeout
@@ -345,32 +356,35 @@ class Wire:
         return response
 
     async def _read_capped(self, response: httpx.Response) -> bytes:
+        """The answer's body, decoded, at most `MAX_BODY_BYTES` of it, the key blanked out."""
         declared = response.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        # (More digits than int() reads are more bytes than any cap, too.)
+        if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > MAX_BODY_BYTES):
             raise APIResponseError(
-                f"the answer declares {declared} bytes; more than {MAX_BODY_BYTES} is not an API answer",
+                f"the answer declares {declared[:20]} bytes; more than {MAX_BODY_BYTES} is not an API answer",
                 status_code=response.status_code,
             )
-        chunks: list[bytes] = []
-        size = 0
-        # aclosing: leaving early must finalise httpx's generators now (trio warns otherwise).
-        # A declared length and no content encoding: the raw bytes are the body, one generator and
-        # decoder fewer. (A body httpx read already, a transport's `Response(content=...)`, only
-        # `aiter_bytes` serves; and one of unknown length may be left unfinished, which `aiter_raw`
-        # would not clean up after.)
-        plain = declared.isdigit() and not response.is_stream_consumed and "content-encoding" not in response.headers
-        chunks_of = response.aiter_raw if plain else response.aiter_bytes
-        async with contextlib.aclosing(cast("AsyncGenerator[bytes, None]", chunks_of())) as stream:
-            async for chunk in stream:
-                size += len(chunk)
-                if size > MAX_BODY_BYTES:
-                    raise APIResponseError(
-                        f"the answer is larger than {MAX_BODY_BYTES} bytes; not an API answer",
-                        status_code=response.status_code,
-                        excerpt=self._redact(b"".join(chunks)[:65536])[:200].decode("utf-8", errors="replace"),
-                    )
-                chunks.append(chunk)
-        return self._redact(b"".join(chunks))
+        head: bytes | None = None
+        try:
+            coding = response.headers.get("content-encoding")
+            if coding is not None and _WIDE_WINDOW.search(coding):
+                # Such a decoder holds a window the sender chooses (up to 16 MiB for br): a few at a time.
+                async with self._wide_decodes:
+                    content = await read_body(response, limit=MAX_BODY_BYTES)
+            else:
+                content = await read_body(response, limit=MAX_BODY_BYTES)
+        except BodyTooLarge as exc:
+            head = exc.head
+        except BodyUndecodable as exc:
+            raise APIResponseError(f"the answer could not be decoded: {exc}", status_code=response.status_code) from exc
+        if head is not None:
+            # Raised here, not in the handler: the error it would be raised during keeps the body's raw start.
+            raise APIResponseError(
+                f"the answer is larger than {MAX_BODY_BYTES} bytes decoded; not an API answer",
+                status_code=response.status_code,
+                excerpt=readable(self._redact(head)[:200].decode("utf-8", errors="replace")),
+            )
+        return self._redact(content)
 
     def _redact(self, content: bytes) -> bytes:
         return self._secret.redact(content)

@@ -43,7 +43,7 @@ pytestmark = pytest.mark.anyio
 
 KEY: Final = "sk-fuzz-5d1e0c9a7b3f4e21a8c6"
 BASE_URL: Final = "https://api.fuzz.invalid"
-CAP: Final = 4 * 1024 * 1024
+CAP: Final = 1024 * 1024
 
 # Deterministic and modest: the same examples every run, fast enough for the default test run.
 FUZZ: Final = settings(

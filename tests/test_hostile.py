@@ -38,6 +38,7 @@ from banana2_async import (
     RateLimitError,
     SubmissionUncertainError,
     TaskFailedError,
+    TaskTimeoutError,
 )
 from banana2_async.testing import (
     ECHO_FORMS,
@@ -63,7 +64,7 @@ DEADLINE: Final = 0.3
 SLACK: Final = 1.0
 # A task takes 8-40 ms at the simulator's speed: ample time for one to finish.
 WAIT: Final = 2.0
-# A bomb far past the API answer cap (4 MiB) and the download cap used here, and the memory allowed for it.
+# A bomb far past the API answer cap (1 MiB) and the download cap used here, and the memory allowed for it.
 BOMB: Final = 128 * MiB
 DOWNLOAD_CAP: Final = MiB
 MEMORY: Final = 48 * MiB
@@ -535,3 +536,28 @@ async def test_one_poisoned_row_fails_one_row(inprocess: Connect, sim: Simulator
     (poisoned,) = [outcome for outcome in outcomes if not outcome.ok]
     assert poisoned.error is not None
     _assert_typed(poisoned.error)
+
+
+async def test_48_bombed_polls_at_once_stay_in_bounded_memory_and_keep_deadlines() -> None:
+    """48 polls answered by 1 GiB gzip bombs at once: under 256 MiB of memory, another task's deadline on time."""
+    slow = Simulator(api_key=KEY, speed=0.5, seed=3)
+    with anyio.fail_after(30):
+        options: dict[str, Any] = {"max_concurrent_polls": 48, "poll_interval": 0.05, "max_retries": 0}
+        async with slow.client(wait_timeout=None, **options) as client:
+            handles = [await client.submit(f"bombed {n}") for n in range(48)]
+            # The simulator compresses a bomb once and keeps it: that cost is its own, not the client's.
+            slow.inject(Fault.compression_bomb(1 << 30), on="status", times=1)
+            with pytest.raises(APIResponseError):
+                await client.status(handles[0].task_id)
+            slow.inject(Fault.compression_bomb(1 << 30), on="status", times=48)
+            started = anyio.current_time()
+            timely = await client.submit("a deadline to keep", wait_timeout=0.5)
+            with _peak_memory() as peak:
+                with pytest.raises(TaskTimeoutError):
+                    await timely
+                late = anyio.current_time() - started - 0.5
+                while slow.stats.count("status") < 49:  # noqa: ASYNC110 - counters of another thread's server
+                    await anyio.sleep(0.01)
+            assert not any(handle.done() for handle in handles)
+    assert peak[0] < 256 * MiB
+    assert late < 0.5

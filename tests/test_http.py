@@ -302,15 +302,15 @@ async def test_a_200_that_is_not_the_envelope_is_an_api_response_error(api: resp
 
 
 async def test_a_body_declared_too_large_is_not_read(api: respx.MockRouter) -> None:
-    """An answer declaring more than 4 MiB is refused from its Content-Length."""
-    api.get("/api/status").mock(return_value=_raw(200, b"x" * (4 * MIB + 1)))
+    """An answer declaring more than 1 MiB is refused from its Content-Length."""
+    api.get("/api/status").mock(return_value=_raw(200, b"x" * (MIB + 1)))
     with pytest.raises(APIResponseError, match="declares"):
         await _client(max_retries=0).status("t1")
 
 
 @HTTPX_ABANDONED_STREAMS
 async def test_a_streamed_body_is_capped(api: respx.MockRouter) -> None:
-    """An answer without Content-Length is read only up to 4 MiB, then refused with an excerpt."""
+    """An answer without Content-Length is read only up to 1 MiB, then refused with an excerpt."""
 
     async def endless() -> AsyncIterator[bytes]:
         for _ in range(64):
@@ -325,11 +325,11 @@ async def test_a_streamed_body_is_capped(api: respx.MockRouter) -> None:
 
 async def test_a_large_body_under_the_cap_is_read(api: respx.MockRouter) -> None:
     """A big but lawful answer (many unknown fields) is read whole."""
-    data = {"task_id": "t1", "status": "IN_PROGRESS", "log": "x" * (2 * MIB)}
+    data = {"task_id": "t1", "status": "IN_PROGRESS", "log": "x" * (MIB // 2)}
     api.get("/api/status").mock(return_value=_json(200, {"code": 200, "data": data}))
     info = await _client().status("t1")
     assert info.model_extra is not None
-    assert len(info.model_extra["log"]) == 2 * MIB
+    assert len(info.model_extra["log"]) == MIB // 2
 
 
 # -- GET /api/status: safe to retry --------------------------------------------------------------
