@@ -24,6 +24,7 @@ from ._types import (
     DEFAULT_BATCH_CONCURRENCY,
     DEFAULT_DOWNLOAD_MAX_BYTES,
     DEFAULT_DOWNLOAD_RETRIES,
+    DEFAULT_DOWNLOAD_TIMEOUT,
     NOT_GIVEN,
     AspectRatio,
     NotGiven,
@@ -490,7 +491,7 @@ class AsyncBanana2:
         *,
         max_bytes: int = DEFAULT_DOWNLOAD_MAX_BYTES,
         max_retries: int = DEFAULT_DOWNLOAD_RETRIES,
-        timeout: float = 300.0,  # noqa: ASYNC109 - per attempt, which a caller's own deadline cannot be
+        timeout: float = DEFAULT_DOWNLOAD_TIMEOUT,  # noqa: ASYNC109 - per attempt, which a caller's own deadline cannot be
     ) -> list[Path]:
         """Download the images of ``result`` into ``dest_dir``; return the paths written.
 

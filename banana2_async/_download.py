@@ -42,7 +42,7 @@ from ._exceptions import (
 from ._http import USER_AGENT, _translated
 from ._models import GenerationResult
 from ._retry import backoff, outcome_of, retry_after_seconds, status_decision
-from ._types import DEFAULT_DOWNLOAD_MAX_BYTES, DEFAULT_DOWNLOAD_RETRIES
+from ._types import DEFAULT_DOWNLOAD_MAX_BYTES, DEFAULT_DOWNLOAD_RETRIES, DEFAULT_DOWNLOAD_TIMEOUT
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -55,7 +55,7 @@ __all__ = [
 
 DEFAULT_MAX_BYTES: Final = DEFAULT_DOWNLOAD_MAX_BYTES
 DEFAULT_MAX_RETRIES: Final = DEFAULT_DOWNLOAD_RETRIES
-DEFAULT_TIMEOUT: Final = 300.0
+DEFAULT_TIMEOUT: Final = DEFAULT_DOWNLOAD_TIMEOUT
 _MAX_RETRY_AFTER: Final = 30.0
 _EXPIRED: Final = frozenset({403, 404, 410})
 # A task id kept as its own stem: lower case (two ids that differ in case alone stay apart on a

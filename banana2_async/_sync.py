@@ -26,7 +26,7 @@ from ._exceptions import InvalidRequestError, TaskTimeoutError
 from ._handle import TaskHandle
 from ._http import DEFAULT_REQUEST_TIMEOUT, DEFAULT_TIMEOUT
 from ._models import GenerationRequest, GenerationResult, TaskInfo
-from ._types import NOT_GIVEN, AspectRatio, NotGiven, OutputFormat, Resolution, TaskType
+from ._types import DEFAULT_DOWNLOAD_TIMEOUT, NOT_GIVEN, AspectRatio, NotGiven, OutputFormat, Resolution, TaskType
 
 __all__ = ["Banana2", "SyncBatch", "SyncTaskHandle"]
 
@@ -448,7 +448,7 @@ class Banana2:
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_retries: int = DEFAULT_MAX_RETRIES,
-        timeout: float = 300.0,
+        timeout: float = DEFAULT_DOWNLOAD_TIMEOUT,
     ) -> list[Path]:
         """Download the images of ``result`` into ``dest_dir``; return the paths written.
 

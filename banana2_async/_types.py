@@ -10,6 +10,7 @@ __all__ = [
     "DEFAULT_BATCH_CONCURRENCY",
     "DEFAULT_DOWNLOAD_MAX_BYTES",
     "DEFAULT_DOWNLOAD_RETRIES",
+    "DEFAULT_DOWNLOAD_TIMEOUT",
     "NOT_GIVEN",
     "OUTPUT_FORMATS",
     "RESOLUTIONS",
@@ -61,3 +62,5 @@ OUTPUT_FORMATS: Final[tuple[OutputFormat, ...]] = ("png", "jpeg")
 DEFAULT_BATCH_CONCURRENCY: Final = 8
 DEFAULT_DOWNLOAD_MAX_BYTES: Final = 64 * 1024 * 1024
 DEFAULT_DOWNLOAD_RETRIES: Final = 3
+# Seconds one download attempt may take, from connecting to the last byte.
+DEFAULT_DOWNLOAD_TIMEOUT: Final = 300.0
