@@ -12,6 +12,7 @@ import math
 import pytest
 
 from benchmarks._b1 import B1Config, run_b1
+from benchmarks._hostile import HostileConfig, run_b6
 from benchmarks._report import Record, machine, render_table
 from benchmarks._wire import OURS_IMPORTS, WireConfig, http2_available, run_b2, run_b3, run_b4
 
@@ -26,6 +27,9 @@ TINY_WIRE = WireConfig(
     http2_submit_rounds=1,
     imports=1,
 )
+
+
+TINY_HOSTILE = HostileConfig(bombs=4, bomb_size=8 << 20, drip_every=0.02, drip_deadline=0.1, pending=20, page=4096)
 
 
 def _quiet(line: str) -> None:
@@ -96,6 +100,19 @@ def test_b4_reports_every_import() -> None:
         name = f"B4 {label}, import CPU"
         expected += [name, f"{name}, ours / import httpx, anyio, pydantic"]
     _check(run_b4(TINY_WIRE, _quiet), expected)
+
+
+def test_b6_reports_bombs_drips_and_error_pages() -> None:
+    """B6 reports memory and loop lag per bomb coding installed, the time to a drip's error, and bytes per task."""
+    records = run_b6(TINY_HOSTILE, _quiet)
+    bombs = [record for record in records if "bombs" in record.name]
+    assert bombs
+    assert len(bombs) % 2 == 0
+    assert [record.name for record in records[len(bombs) :]] == [
+        "B6 status answer dripped a byte every 0.02 s, seconds to APITimeoutError",
+        "B6 20 pending tasks after a 4 KiB 502 page, bytes per task over baseline",
+    ]
+    _check(records, [record.name for record in records])
 
 
 def test_machine_names_cpu_python_and_packages() -> None:
