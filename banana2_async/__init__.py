@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from ._exceptions import ConfigurationError as ConfigurationError
     from ._exceptions import DownloadError as DownloadError
     from ._exceptions import EmptyResultError as EmptyResultError
+    from ._exceptions import FailureKind as FailureKind
     from ._exceptions import InsufficientCreditsError as InsufficientCreditsError
     from ._exceptions import InternalServerError as InternalServerError
     from ._exceptions import InvalidRequestError as InvalidRequestError
@@ -73,6 +74,7 @@ _MODULES: dict[str, str] = {
     "ConfigurationError": "._exceptions",
     "DownloadError": "._exceptions",
     "EmptyResultError": "._exceptions",
+    "FailureKind": "._exceptions",
     "InsufficientCreditsError": "._exceptions",
     "InternalServerError": "._exceptions",
     "InvalidRequestError": "._exceptions",
@@ -117,6 +119,7 @@ __all__ = [
     "ConfigurationError",
     "DownloadError",
     "EmptyResultError",
+    "FailureKind",
     "GenerationRequest",
     "GenerationResult",
     "InsufficientCreditsError",

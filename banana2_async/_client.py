@@ -14,12 +14,15 @@ import anyio
 import httpx
 from anyio.abc import TaskGroup, TaskStatus
 
-from ._exceptions import APITimeoutError, ConfigurationError, InvalidRequestError
+from ._exceptions import APITimeoutError, ConfigurationError, FailureKind, InvalidRequestError
 from ._handle import AsCompleted, TaskHandle
-from ._http import DEFAULT_BASE_URL, DEFAULT_REQUEST_TIMEOUT, DEFAULT_TIMEOUT, Wire, check_base_url
-from ._poller import Poller, Throttle
-from ._retry import Failure
+from ._http import DEFAULT_REQUEST_TIMEOUT, DEFAULT_TIMEOUT, Wire
+from ._poller import Poller
+from ._requests import DEFAULT_BASE_URL, RequestFactory, check_base_url
 from ._schedule import RateBudget, parse_interval
+from ._secret import Secret, redact_library_logs
+from ._send import open_sender
+from ._throttle import Throttle
 from ._types import (
     DEFAULT_BATCH_CONCURRENCY,
     DEFAULT_DOWNLOAD_MAX_BYTES,
@@ -163,18 +166,30 @@ class AsyncBanana2:
         self._wait_timeout = _wait_timeout(wait_timeout)
         self._retry_uncertain_submits = retry_uncertain_submits
         self._rng = random.Random(seed)
-        self._throttle = Throttle(budget)
-        self._wire = Wire(
-            api_key=key.strip(),
-            base_url=url,
+        self._throttle = Throttle(budget, rng=self._rng)
+        api_key = key.strip()
+        if not api_key.isascii():
+            # httpx would fail on the header with a bare UnicodeEncodeError at the first request.
+            raise ConfigurationError("the API key contains non-ASCII characters")
+        # A server may echo the key, in any spelling; it is blanked out of every answer before it is read.
+        secret = Secret(api_key)
+        redact_library_logs(secret)
+        sender = open_sender(
             http_client=http_client,
             transport=transport,
             timeout=httpx_timeout,
-            request_timeout=self._request_timeout,
-            max_retries=max_retries,
             max_in_flight=submits + polls,
-            retry_uncertain_submits=retry_uncertain_submits,
+            secret=secret,
+            request_timeout=self._request_timeout,
+        )
+        self._wire = Wire(
+            requests=RequestFactory(sender.http_client, api_key=api_key, base_url=url, timeout=httpx_timeout),
+            sender=sender,
             gate=self._throttle,
+            secret=secret,
+            base_url=url,
+            max_retries=max_retries,
+            retry_uncertain_submits=retry_uncertain_submits,
             rng=self._rng,
         )
         self._poller = Poller(
@@ -335,7 +350,7 @@ class AsyncBanana2:
             raise APITimeoutError(
                 f"POST /api/generate was not sent within submit_timeout ({self._submit_timeout:g} s): "
                 "no submit slot came free in time (max_concurrent_submits). It was never sent.",
-                kind=Failure.NOT_SENT_IN_TIME.value,
+                kind=FailureKind.NOT_SENT_IN_TIME,
                 method="POST",
                 path="/api/generate",
             )
@@ -413,7 +428,7 @@ class AsyncBanana2:
         check_task_id(task_id)
         if self._closed:
             raise RuntimeError("this AsyncBanana2 is closed")
-        return await self._wire.status(task_id)
+        return await self._wire.fetch_status_retrying(task_id)
 
     def track(self, task_id: str, *, wait_timeout: float | NotGiven | None = NOT_GIVEN) -> TaskHandle:
         """A handle on an existing task, watched by the shared poller.

@@ -39,9 +39,10 @@ from ._exceptions import (
     InvalidRequestError,
     ResultExpiredError,
 )
-from ._http import USER_AGENT, _translated
 from ._models import GenerationResult
+from ._requests import USER_AGENT
 from ._retry import backoff, outcome_of, retry_after_seconds, status_decision
+from ._send import translated
 from ._types import DEFAULT_DOWNLOAD_MAX_BYTES, DEFAULT_DOWNLOAD_RETRIES, DEFAULT_DOWNLOAD_TIMEOUT
 
 __all__ = [
@@ -327,7 +328,7 @@ class _Fetch:
         request.headers.pop("Authorization", None)
         # Redirects are followed here, not by httpx, so that each Location is checked like the URL itself.
         for _ in range(client.max_redirects + 1):
-            with _translated("GET", request.url.path):
+            with translated("GET", request.url.path):
                 try:
                     response = await client.send(request, stream=True, auth=None, follow_redirects=False)
                 except (httpx.InvalidURL, UnicodeError) as exc:

@@ -31,7 +31,8 @@ No error carries the API key: requests are described by method and path only.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import enum
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from ._models import GenerationRequest
@@ -49,6 +50,7 @@ __all__ = [
     "ConfigurationError",
     "DownloadError",
     "EmptyResultError",
+    "FailureKind",
     "InsufficientCreditsError",
     "InternalServerError",
     "InvalidRequestError",
@@ -84,6 +86,40 @@ class InvalidRequestError(Banana2Error, ValueError):
         self.field = field
 
 
+class FailureKind(str, enum.Enum):
+    """How a request failed before an answer came back (`APIConnectionError.kind`).
+
+    A ``str`` enum: ``exc.kind == "connect"`` holds too.
+    """
+
+    CONNECT = "connect"
+    """No connection was made: the request was never sent."""
+    CONNECT_TIMEOUT = "connect-timeout"
+    """Connecting took too long: the request was never sent."""
+    POOL_TIMEOUT = "pool-timeout"
+    """No pooled connection was free in time: the request was never sent."""
+    NOT_SENT_IN_TIME = "not-sent-in-time"
+    """The call's own deadline passed while it waited to send (a rate-limit pause, say): it was never sent."""
+    LOCAL = "local"
+    """The request could not be formed or sent at all (a protocol error on our side)."""
+    READ_TIMEOUT = "read-timeout"
+    """The request went out and no answer came in time."""
+    WRITE_TIMEOUT = "write-timeout"
+    """Sending stalled part-way."""
+    NETWORK = "network"
+    """The connection broke during the exchange (reset, dropped, closed early)."""
+    DEADLINE = "deadline"
+    """The whole exchange took longer than its deadline (a server dripping its answer): it may have landed."""
+    BAD_RESPONSE = "bad-response"
+    """An answer came that is not the documented envelope (never an `APIConnectionError`'s kind)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_KINDS: Final = frozenset(kind.value for kind in FailureKind)
+
+
 class APIConnectionError(Banana2Error):
     """The server could not be reached, or the connection broke.
 
@@ -94,10 +130,13 @@ class APIConnectionError(Banana2Error):
     may have reached the server; ``"local"`` means it could not be formed.
     """
 
-    def __init__(self, message: str, *, kind: str = "network", method: str = "", path: str = "") -> None:
+    def __init__(
+        self, message: str, *, kind: FailureKind | str = FailureKind.NETWORK, method: str = "", path: str = ""
+    ) -> None:
         super().__init__(message)
         self.message = message
-        self.kind = kind
+        # A kind this version does not know counts as the connection having broken: it may have landed.
+        self.kind: FailureKind = FailureKind(kind) if kind in _KINDS else FailureKind.NETWORK
         self.method = method
         self.path = path
 

@@ -2,25 +2,35 @@
 
 from __future__ import annotations
 
-import collections
 import logging
 from collections.abc import Callable, Generator, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
+
+from ._queue import EndOfQueue, Queue
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
     from ._models import GenerationRequest, GenerationResult
-    from ._poller import Poller
 
-__all__ = ["AsCompleted", "TaskHandle"]
+__all__ = ["AsCompleted", "TaskHandle", "Watcher"]
 
 logger = logging.getLogger("banana2_async")
 
 DoneCallback = Callable[["TaskHandle"], object]
+
+
+class Watcher(Protocol):
+    """What watches a handle's task (the client's poller): told when the handle is awaited and let go."""
+
+    def resume(self, handle: TaskHandle) -> None:
+        """``handle`` is awaited again: watch its task if it was let go and is still pending."""
+
+    def release(self, handle: TaskHandle) -> None:
+        """No one awaits ``handle`` any more: stop watching its task for it."""
 
 
 class TaskHandle:
@@ -42,9 +52,9 @@ class TaskHandle:
         "_error",
         "_error_traceback",
         "_event",
-        "_poller",
         "_result",
         "_waiters",
+        "_watcher",
         "deadline",
         "request",
         "task_id",
@@ -54,14 +64,14 @@ class TaskHandle:
         self,
         task_id: str,
         *,
-        poller: Poller,
+        watcher: Watcher,
         deadline: float | None,
         request: GenerationRequest | None = None,
     ) -> None:
         self.task_id: str = task_id
         self.request: GenerationRequest | None = request
         self.deadline: float | None = deadline
-        self._poller = poller
+        self._watcher = watcher
         self._result: GenerationResult | None = None
         self._error: BaseException | None = None
         self._error_traceback: TracebackType | None = None
@@ -139,13 +149,13 @@ class TaskHandle:
         """Count a waiter in; the poller resumes polling a handle that was released."""
         self._waiters += 1
         if self._waiters == 1:
-            self._poller.resume(self)
+            self._watcher.resume(self)
 
     def _exit_wait(self) -> None:
         """Count a waiter out; when the last one leaves early, the poller lets the task go."""
         self._waiters -= 1
         if self._waiters == 0 and not self.done():
-            self._poller.release(self)
+            self._watcher.release(self)
 
     def _settle(self, result: GenerationResult | None, error: BaseException | None) -> bool:
         if self.done():
@@ -178,36 +188,31 @@ class AsCompleted:
     awaits stop being polled. Unclosed, it keeps them polled until they settle.
     """
 
-    __slots__ = ("_closed", "_pending", "_ready", "_remaining", "_wakeup")
+    __slots__ = ("_closed", "_pending", "_ready", "_remaining")
 
     def __init__(self, handles: Iterable[TaskHandle]) -> None:
         self._pending = list(dict.fromkeys(handles))
         self._remaining = len(self._pending)
-        # A plain queue and an event: nothing to close, so a loop left early warns about nothing.
-        self._ready: collections.deque[TaskHandle] = collections.deque()
-        self._wakeup: anyio.Event | None = None
+        # Nothing to close: a loop left early warns about nothing.
+        self._ready: Queue[TaskHandle] = Queue()
         self._closed = False
         for handle in self._pending:
             handle._enter_wait()
-            handle.add_done_callback(self._on_done)
-
-    def _on_done(self, handle: TaskHandle) -> None:
-        self._ready.append(handle)
-        if self._wakeup is not None:
-            self._wakeup.set()
+            handle.add_done_callback(self._ready.put)
 
     def __aiter__(self) -> AsCompleted:
         return self
 
     async def __anext__(self) -> TaskHandle:
-        while not self._ready:
-            if self._remaining == 0 or self._closed:
-                self._close()
-                raise StopAsyncIteration
-            self._wakeup = anyio.Event()
-            await self._wakeup.wait()
+        if self._remaining == 0 or self._closed:
+            self._close()
+            raise StopAsyncIteration
+        try:
+            handle = await self._ready.get()
+        except EndOfQueue:
+            raise StopAsyncIteration from None
         self._remaining -= 1
-        return self._ready.popleft()
+        return handle
 
     async def aclose(self) -> None:
         """Stop watching the handles that have not settled yet."""
@@ -229,8 +234,7 @@ class AsCompleted:
             return
         self._closed = True
         for handle in self._pending:
-            handle.remove_done_callback(self._on_done)
+            handle.remove_done_callback(self._ready.put)
             handle._exit_wait()
         self._ready.clear()
-        if self._wakeup is not None:
-            self._wakeup.set()
+        self._ready.close()

@@ -1,11 +1,12 @@
-"""The one poller of a client: the async shell around `PollSchedule`.
+"""The one poller of a client: the async shell around `PollSchedule` and `decide_poll`.
 
 One dispatch coroutine sleeps until the earliest due poll, deadline or new
 registration (with nothing registered it does not wake at all) and hands due
-task ids to a pool of at most ``max_concurrent_polls`` workers, started as
-polls come due faster than the running ones send them. Every task id
-is polled once however many handles wait on it, and whatever goes wrong with
-one answer settles or reschedules that task only.
+tasks to a pool of at most ``max_concurrent_polls`` workers, started as polls
+come due faster than the running ones send them. Every task id is polled once
+however many handles wait on it. What each answer means is decided by the
+pure `decide_poll`; the poller applies it, to that task only (or, after a 401
+or a 429, to every task).
 """
 
 from __future__ import annotations
@@ -13,66 +14,30 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 import anyio
 import anyio.lowlevel
 
-from ._exceptions import (
-    APIStatusError,
-    AuthenticationError,
-    Banana2Error,
-    ClientClosedError,
-    EmptyResultError,
-    NotFoundError,
-    RateLimitError,
-    TaskFailedError,
-    TaskTimeoutError,
-)
+from ._decisions import BackOff, Fail, FailEveryTask, PauseEverything, PollAgain, PollDecision, Settle, decide_poll
+from ._exceptions import Banana2Error, ClientClosedError, TaskTimeoutError
 from ._handle import TaskHandle
-from ._http import Wire
-from ._retry import backoff, outcome_of, status_decision
-from ._schedule import Interval, PollSchedule, RateBudget, TimerHeap
+from ._queue import EndOfQueue, Queue
+from ._schedule import Interval, PollSchedule, TimerHeap
 
 if TYPE_CHECKING:
     from anyio.abc import TaskGroup, TaskStatus
 
-    from ._models import GenerationRequest, GenerationResult, TaskInfo
+    from ._http import Wire
+    from ._models import GenerationRequest, GenerationResult
+    from ._throttle import Throttle
 
-__all__ = ["Poller", "Throttle"]
+__all__ = ["Poller"]
 
 logger = logging.getLogger("banana2_async")
 
 _MAX_UNKNOWN_LOGGED: Final = 64
-
-
-class Throttle:
-    """The shared gate of a client: `RateBudget` applied with anyio's clock."""
-
-    __slots__ = ("budget",)
-
-    def __init__(self, budget: RateBudget) -> None:
-        self.budget: RateBudget = budget
-
-    async def acquire(self) -> float:
-        """Wait until the rate budget and any 429 pause let one request go; return that moment."""
-        now = anyio.current_time()
-        delay = self.budget.reserve(now)
-        while delay > 0:
-            await anyio.sleep(delay)
-            now = anyio.current_time()
-            delay = self.budget.pause_remaining(now)
-        return now
-
-    def pause(self, seconds: float) -> None:
-        """Hold every request back for ``seconds``."""
-        self.budget.pause(anyio.current_time(), seconds)
-
-    def pause_remaining(self) -> float:
-        """Seconds left of the current 429 pause."""
-        return self.budget.pause_remaining(anyio.current_time())
 
 
 class _Entry:
@@ -95,12 +60,9 @@ class Poller:
         "_due",
         "_entries",
         "_hired",
-        "_idle",
         "_listeners",
         "_max_concurrent",
         "_not_found_grace",
-        "_rate_limited",
-        "_rng",
         "_schedule",
         "_throttle",
         "_unknown_logged",
@@ -128,20 +90,17 @@ class Poller:
         self._workers: TaskGroup | None = None
         self._hired = 0
         self._not_found_grace = not_found_grace
-        self._rng = rng
         self._schedule: PollSchedule[str] = PollSchedule(interval, rng)
         self._deadlines: TimerHeap[TaskHandle] = TimerHeap()
         self._entries: dict[str, _Entry] = {}
-        # The entries of due tasks, oldest first, and the events of the workers waiting for one. An entry,
-        # not an id: a task released and tracked again while in line has a new entry, due one interval on.
-        self._due: deque[_Entry] = deque()
-        self._idle: list[anyio.Event] = []
+        # The entries of due tasks, oldest first. An entry, not an id: a task released and tracked
+        # again while in line has a new entry, due one interval on.
+        self._due: Queue[_Entry] = Queue()
         # Polls due within this window are sent together: fewer wake-ups, a few ms of slip.
         self._coalesce = min(0.01, interval[0] / 10)
         self._wakeup: anyio.Event | None = None
         self._wake_at = math.inf
         self._unknown_logged: set[str] = set()
-        self._rate_limited = 0
         self._closed = False
         self._listeners: list[Callable[[str], object]] = []
         self.polls_sent: int = 0
@@ -149,6 +108,14 @@ class Poller:
     def __len__(self) -> int:
         """The number of distinct tasks being polled."""
         return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"<Poller {len(self._entries)} tasks, {self.polls_sent} polls sent>"
+
+    @property
+    def workers(self) -> int:
+        """How many poll workers were started."""
+        return self._hired
 
     def pending(self) -> list[TaskHandle]:
         """Every handle the poller is watching."""
@@ -176,7 +143,7 @@ class Poller:
         """A new handle on ``task_id``, polled from now on; its deadline is ``wait_timeout`` away."""
         now = anyio.current_time()
         deadline = None if wait_timeout is None else now + wait_timeout
-        handle = TaskHandle(task_id, poller=self, deadline=deadline, request=request)
+        handle = TaskHandle(task_id, watcher=self, deadline=deadline, request=request)
         self._register(handle, now, immediately=immediately)
         return handle
 
@@ -253,7 +220,7 @@ class Poller:
         self.fail_all(ClientClosedError)
         if self._wakeup is not None:
             self._wakeup.set()
-        self._wake_workers(len(self._idle))
+        self._due.close()
 
     # -- the coroutines ------------------------------------------------------------------------
 
@@ -272,8 +239,8 @@ class Poller:
                 self._expire(handle)
             paused = self._throttle.pause_remaining()
             if paused <= 0:
-                due.extend(entry for task_id in schedule.pop_due(now) if (entry := entries.get(task_id)) is not None)
-                unserved = len(due) - self._wake_workers(len(due))
+                ready = [entry for task_id in schedule.pop_due(now) if (entry := entries.get(task_id)) is not None]
+                unserved = len(ready) - due.extend(ready)
                 if unserved > 0 and self._hired < self._max_concurrent:
                     self._hire(unserved)
             wake = math.inf
@@ -302,50 +269,67 @@ class Poller:
             self._hired += 1
             workers.start_soon(self._work)
 
-    def _wake_workers(self, count: int) -> int:
-        """Wake up to ``count`` idle workers; return how many were woken."""
-        idle = self._idle
-        woken = min(count, len(idle))
-        for _ in range(woken):
-            idle.pop().set()
-        return woken
-
     async def _work(self) -> None:
-        # A plain deque, and an event only for an idle spell: handing a due poll to a busy pool
-        # costs no stream machinery.
-        due, entries, idle = self._due, self._entries, self._idle
-        while not self._closed:
-            if not due:
-                ready = anyio.Event()
-                idle.append(ready)
-                await ready.wait()
-                continue
-            entry = due.popleft()
+        due, entries = self._due, self._entries
+        while True:
+            try:
+                entry = due.get_nowait() if due else await due.get()
+            except EndOfQueue:
+                return
             if entries.get(entry.task_id) is entry:
-                await self._poll(entry.task_id)
+                await self._poll(entry)
                 # Other tasks get their turn between polls, also with a transport that never waits.
                 await anyio.lowlevel.checkpoint()
 
-    async def _poll(self, task_id: str) -> None:
-        sent = await self._throttle.acquire()
+    async def _poll(self, entry: _Entry) -> None:
+        task_id = entry.task_id
         self.polls_sent += 1
         try:
-            info = await self._wire.check(task_id)
-        except Banana2Error as exc:
-            self._poll_failed(task_id, sent, exc)
+            sent_at, answer = await self._wire.poll_status(task_id)
         except Exception as exc:
             # A bug must cost one task its result, never the poller its life.
             logger.exception("polling task %s failed unexpectedly", task_id)
             self._settle(task_id, None, exc)
-        else:
-            self._rate_limited = 0
-            if self._listeners:
-                self._tell_listeners(task_id)
-            if info is not None:
-                self._answered(task_id, sent, info)
-            elif task_id in self._entries:
-                # Plainly still running: the common answer, without a TaskInfo built for it.
-                self._wake_by(self._schedule.polled(task_id, sent))
+            return
+        if self._listeners and not isinstance(answer, Banana2Error):
+            self._tell_listeners(task_id)
+        decision = decide_poll(
+            answer,
+            task_id=task_id,
+            sent_at=sent_at,
+            registered_at=entry.registered_at,
+            not_found_grace=self._not_found_grace,
+        )
+        self._apply(entry, sent_at, decision)
+
+    def _apply(self, entry: _Entry, sent_at: float, decision: PollDecision) -> None:
+        """Carry out ``decision`` about ``entry``'s task, polled at ``sent_at``."""
+        task_id = entry.task_id
+        watched = self._entries.get(task_id) is entry
+        match decision:
+            case PollAgain(unknown_status=unknown):
+                if unknown is not None:
+                    self._log_unknown(unknown)
+                if watched:
+                    self._wake_by(self._schedule.polled(task_id, sent_at))
+            case Settle(result=result):
+                self._settle(task_id, result, None)
+            case Fail(error=error):
+                self._settle(task_id, None, error)
+            case FailEveryTask(error=error):
+                logger.error("the API key was refused while polling; failing every pending task")
+                self.fail_all(lambda _: error)
+            case PauseEverything(error=error, retry_after=retry_after):
+                pause = self._throttle.rate_limited(retry_after)
+                logger.warning("rate limited: pausing every request for %.1f s", pause)
+                if watched:
+                    entry.last_error = _slim(error)
+                    self._wake_by(self._schedule.polled(task_id, sent_at))
+            case BackOff(error=error, retry_after=retry_after):
+                if watched:
+                    logger.debug("poll of task %s failed (%s); backing off", task_id, type(error).__name__)
+                    entry.last_error = _slim(error)
+                    self._wake_by(self._schedule.failed(task_id, sent_at, retry_after=retry_after))
 
     def _tell_listeners(self, task_id: str) -> None:
         for listener in list(self._listeners):
@@ -354,57 +338,9 @@ class Poller:
             except Exception:
                 logger.exception("a poll listener raised")
 
-    def _answered(self, task_id: str, sent: float, info: TaskInfo) -> None:
-        # (An answer about another task never gets here: `parse_task` refuses it, and the task is polled again.)
-        state = info.state
-        if state == "success":
-            from ._models import GenerationResult
-
-            try:
-                result = GenerationResult.from_info(info)
-            except EmptyResultError as exc:
-                self._settle(task_id, None, exc)
-            else:
-                self._settle(task_id, result, None)
-        elif state == "failed":
-            status = str(info.status)
-            message = info.error_detail or f"task {task_id} ended with status {status}"
-            self._settle(task_id, None, TaskFailedError(message, task_id=task_id, status=status))
-        elif task_id in self._entries:
-            if state == "unknown":
-                self._log_unknown(info.status)
-            self._wake_by(self._schedule.polled(task_id, sent))
-
-    def _poll_failed(self, task_id: str, sent: float, exc: Banana2Error) -> None:
-        entry = self._entries.get(task_id)
-        if entry is None:
-            return
-        if isinstance(exc, AuthenticationError):
-            logger.error("the API key was refused while polling; failing every pending task")
-            self.fail_all(lambda _: exc)
-            return
-        young = sent - entry.registered_at < self._not_found_grace
-        if not (isinstance(exc, NotFoundError) and young) and status_decision(outcome_of(exc)) == "raise":
-            self._settle(task_id, None, exc)
-            return
-        entry.last_error = _slim(exc)
-        if isinstance(exc, RateLimitError):
-            self._rate_limited += 1
-            pause = exc.retry_after
-            if pause is None:
-                pause = backoff(self._rate_limited - 1, rng=self._rng, base=1.0)
-            logger.warning("rate limited: pausing every request for %.1f s", pause)
-            self._throttle.pause(pause)
-            self._wake_by(self._schedule.polled(task_id, sent))
-        else:
-            logger.debug("poll of task %s failed (%s); backing off", task_id, type(exc).__name__)
-            retry_after = exc.retry_after if isinstance(exc, APIStatusError) else None
-            self._wake_by(self._schedule.failed(task_id, sent, retry_after=retry_after))
-
-    def _log_unknown(self, status: str | None) -> None:
-        key = str(status)
-        if key not in self._unknown_logged and len(self._unknown_logged) < _MAX_UNKNOWN_LOGGED:
-            self._unknown_logged.add(key)
+    def _log_unknown(self, status: str) -> None:
+        if status not in self._unknown_logged and len(self._unknown_logged) < _MAX_UNKNOWN_LOGGED:
+            self._unknown_logged.add(status)
             logger.warning("unknown task status %r: treating it as in flight", status)
 
 

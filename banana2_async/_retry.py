@@ -1,7 +1,7 @@
 """Pure retry decisions: is this failure retried for this endpoint, and after how long.
 
 Nothing here reads a clock, sleeps or sends: the wire layer classifies what
-happened into a `Failure` or a status code and asks. ``GET /api/status`` is
+happened into a `FailureKind` or a status code and asks. ``GET /api/status`` is
 safe to repeat; ``POST /api/generate`` costs credits and has no idempotency
 key, so it is repeated only where it cannot have reached the server or where
 the server refused it.
@@ -10,16 +10,21 @@ the server refused it.
 from __future__ import annotations
 
 import email.utils
-import enum
 import math
 import random
 from typing import Final, Literal
 
-from ._exceptions import APIConnectionError, APIStatusError, Banana2Error, ConfigurationError, InvalidRequestError
+from ._exceptions import (
+    APIConnectionError,
+    APIStatusError,
+    Banana2Error,
+    ConfigurationError,
+    FailureKind,
+    InvalidRequestError,
+)
 
 __all__ = [
     "Decision",
-    "Failure",
     "backoff",
     "outcome_of",
     "retry_after_seconds",
@@ -32,33 +37,8 @@ Decision = Literal["retry", "uncertain", "raise"]
 MAX_RETRY_AFTER: Final = 120.0
 
 
-class Failure(enum.Enum):
-    """How a request failed before an answer came back."""
-
-    CONNECT = "connect"
-    """No connection was made: the request was never sent."""
-    CONNECT_TIMEOUT = "connect-timeout"
-    """Connecting took too long: the request was never sent."""
-    POOL_TIMEOUT = "pool-timeout"
-    """No pooled connection was free in time: the request was never sent."""
-    LOCAL = "local"
-    """The request could not be formed or sent at all (a protocol error on our side)."""
-    READ_TIMEOUT = "read-timeout"
-    """The request went out and no answer came in time."""
-    WRITE_TIMEOUT = "write-timeout"
-    """Sending stalled part-way."""
-    NETWORK = "network"
-    """The connection broke during the exchange (reset, dropped, closed early)."""
-    BAD_RESPONSE = "bad-response"
-    """An answer came that is not the documented envelope."""
-    DEADLINE = "deadline"
-    """The whole exchange took longer than its deadline (a server dripping its answer): it may have landed."""
-    NOT_SENT_IN_TIME = "not-sent-in-time"
-    """The call's own deadline passed while it waited to send (a rate-limit pause, say): it was never sent."""
-
-
 _NEVER_SENT: Final = frozenset(
-    {Failure.CONNECT, Failure.CONNECT_TIMEOUT, Failure.POOL_TIMEOUT, Failure.NOT_SENT_IN_TIME}
+    {FailureKind.CONNECT, FailureKind.CONNECT_TIMEOUT, FailureKind.POOL_TIMEOUT, FailureKind.NOT_SENT_IN_TIME}
 )
 _SUBMIT_REFUSED: Final = frozenset({429, 503})
 _TRANSIENT_STATUS: Final = frozenset({408, 429})
@@ -68,19 +48,19 @@ def _is_transient_status(status_code: int) -> bool:
     return status_code in _TRANSIENT_STATUS or status_code >= 500
 
 
-def submit_decision(outcome: Failure | int) -> Decision:
+def submit_decision(outcome: FailureKind | int) -> Decision:
     """What to do after ``POST /api/generate`` failed with ``outcome``.
 
-    ``outcome`` is a `Failure` or the error status (HTTP or envelope code).
+    ``outcome`` is a `FailureKind` or the error status (HTTP or envelope code).
     ``"retry"``: it cannot have been paid for (never sent, or refused with 429
     or 503). ``"uncertain"``: it may have landed and been paid for; the caller
     must be told rather than the request sent again, unless they opted in.
     ``"raise"``: a definite answer (400, 401, 402, ...).
     """
-    if isinstance(outcome, Failure):
+    if isinstance(outcome, FailureKind):
         if outcome in _NEVER_SENT:
             return "retry"
-        if outcome is Failure.LOCAL:
+        if outcome is FailureKind.LOCAL:
             return "raise"
     elif outcome in _SUBMIT_REFUSED:
         return "retry"
@@ -89,10 +69,10 @@ def submit_decision(outcome: Failure | int) -> Decision:
     return "uncertain"
 
 
-def status_decision(outcome: Failure | int) -> Decision:
+def status_decision(outcome: FailureKind | int) -> Decision:
     """What to do after ``GET /api/status`` failed: it is safe to repeat on any transient failure."""
-    if isinstance(outcome, Failure):
-        return "raise" if outcome is Failure.LOCAL else "retry"
+    if isinstance(outcome, FailureKind):
+        return "raise" if outcome is FailureKind.LOCAL else "retry"
     return "retry" if _is_transient_status(outcome) else "raise"
 
 
@@ -134,16 +114,13 @@ def retry_after_seconds(value: str | None, *, now: float, cap: float = MAX_RETRY
     return min(max(seconds, 0.0), cap)
 
 
-def outcome_of(exc: Banana2Error) -> Failure | int:
-    """The `Failure` or status code that a retry decision about ``exc`` is made on."""
+def outcome_of(exc: Banana2Error) -> FailureKind | int:
+    """The `FailureKind` or status code that a retry decision about ``exc`` is made on."""
     if isinstance(exc, (InvalidRequestError, ConfigurationError)):
         # Nothing another attempt could change: the request cannot be made.
-        return Failure.LOCAL
+        return FailureKind.LOCAL
     if isinstance(exc, APIStatusError):
         return exc.status_code
     if isinstance(exc, APIConnectionError):
-        try:
-            return Failure(exc.kind)
-        except ValueError:
-            return Failure.NETWORK
-    return Failure.BAD_RESPONSE
+        return exc.kind
+    return FailureKind.BAD_RESPONSE

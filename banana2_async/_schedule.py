@@ -13,6 +13,8 @@ import random
 from collections.abc import Hashable
 from typing import Final, Generic, TypeVar
 
+from ._retry import backoff
+
 __all__ = ["Interval", "PollSchedule", "RateBudget", "TimerHeap", "parse_interval"]
 
 K = TypeVar("K", bound=Hashable)
@@ -188,7 +190,7 @@ class RateBudget:
     means no rate limit, only the pause.
     """
 
-    __slots__ = ("_tokens", "_updated", "burst", "paused_until", "rate")
+    __slots__ = ("_limited", "_tokens", "_updated", "burst", "paused_until", "pauses", "rate")
 
     def __init__(self, rate: float | None = None, *, burst: float | None = None) -> None:
         if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0):
@@ -198,10 +200,30 @@ class RateBudget:
         self._tokens = self.burst
         self._updated: float | None = None
         self.paused_until: float = float("-inf")
+        # 429s in a row, for the backoff of the next pause; and every pause so far.
+        self._limited = 0
+        self.pauses = 0
 
     def pause(self, now: float, seconds: float) -> None:
         """Hold every request back until ``now + seconds`` (never shortening a pause)."""
         self.paused_until = max(self.paused_until, now + max(seconds, 0.0))
+
+    def rate_limited(self, now: float, retry_after: float | None, *, rng: random.Random) -> float:
+        """A 429 came: pause every request for ``retry_after`` seconds, else for a backoff.
+
+        The backoff grows with each 429 in a row (one second, then about two,
+        four, ...) until an answer that is no 429 (`answered`). Returns the
+        pause, in seconds.
+        """
+        self._limited += 1
+        self.pauses += 1
+        seconds = retry_after if retry_after is not None else backoff(self._limited - 1, rng=rng, base=1.0)
+        self.pause(now, seconds)
+        return seconds
+
+    def answered(self) -> None:
+        """An answer that was no 429 came: the next 429's backoff starts afresh."""
+        self._limited = 0
 
     def pause_remaining(self, now: float) -> float:
         """Seconds left of the current pause."""

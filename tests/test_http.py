@@ -6,6 +6,7 @@ import email.utils
 import gzip
 import json
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeAlias
@@ -37,6 +38,11 @@ from banana2_async import (
     TaskTimeoutError,
 )
 from banana2_async._http import Wire
+from banana2_async._requests import RequestFactory
+from banana2_async._schedule import RateBudget
+from banana2_async._secret import Secret
+from banana2_async._send import open_sender
+from banana2_async._throttle import Throttle
 
 pytestmark = pytest.mark.anyio
 
@@ -703,8 +709,8 @@ async def test_the_sdks_own_http_client_is_closed_with_it(api: respx.MockRouter)
     assert http.is_closed
 
 
-async def test_a_wire_without_a_gate_sends_at_once() -> None:
-    """The wire on its own (no client, no rate budget) sends each request straight away, 429 pause included."""
+async def test_a_wire_on_its_own_sends_through_its_gate() -> None:
+    """The wire without a client (its own gate, no rate limit) sends each request, a 429 pausing it briefly."""
     answers = iter([_error(429, **{"retry-after": "0"}), _accepted("w1"), _running("w1")])
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -713,20 +719,27 @@ async def test_a_wire_without_a_gate_sends_at_once() -> None:
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
         wire = _wire(http, max_retries=1, max_in_flight=1)
         assert (await wire.submit(GenerationRequest(prompt="a fox"))).task_id == "w1"
-        assert (await wire.poll("w1")).task_id == "w1"
+        assert (await wire.fetch_status("w1")).task_id == "w1"
         await wire.aclose()
         assert not http.is_closed
 
 
 def _wire(http: httpx.AsyncClient, *, max_retries: int = 0, max_in_flight: int = 4) -> Wire:
+    secret = Secret(KEY)
+    timeout = httpx.Timeout(5.0)
+    sender = open_sender(
+        http_client=http, transport=None, timeout=timeout, max_in_flight=max_in_flight, secret=secret, request_timeout=5
+    )
+    rng = random.Random(1)
     return Wire(
-        api_key=KEY,
+        requests=RequestFactory(http, api_key=KEY, base_url=httpx.URL(BASE), timeout=timeout),
+        sender=sender,
+        gate=Throttle(RateBudget(), rng=rng),
+        secret=secret,
         base_url=httpx.URL(BASE),
-        http_client=http,
-        timeout=httpx.Timeout(5.0),
         max_retries=max_retries,
-        max_in_flight=max_in_flight,
         retry_uncertain_submits=False,
+        rng=rng,
     )
 
 
@@ -748,7 +761,7 @@ async def test_the_wire_never_has_more_requests_in_flight_than_its_slots() -> No
         answered: list[str] = []
 
         async def poll(task_id: str) -> None:
-            answered.append((await wire.poll(task_id)).task_id)
+            answered.append((await wire.fetch_status(task_id)).task_id)
 
         async with anyio.create_task_group() as group:
             for n in range(10):
@@ -775,8 +788,8 @@ async def test_a_callers_client_with_params_or_cookies_still_sends_the_task_id(o
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler), **options) as http:
         wire = _wire(http)
-        assert (await wire.poll("a b&c")).task_id == "a b&c"
-        assert (await wire.poll("plain-id")).task_id == "plain-id"
+        assert (await wire.fetch_status("a b&c")).task_id == "a b&c"
+        assert (await wire.fetch_status("plain-id")).task_id == "plain-id"
     for request in seen:
         assert request.headers["authorization"] == f"Bearer {KEY}"
         if "params" in options:
@@ -795,9 +808,9 @@ async def test_changed_client_headers_are_picked_up() -> None:
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
         wire = _wire(http)
-        await wire.poll("t1")
+        await wire.fetch_status("t1")
         http.headers["X-Trace"] = "abc"
-        await wire.poll("t1")
+        await wire.fetch_status("t1")
     assert "x-trace" not in seen[0].headers
     assert seen[1].headers["x-trace"] == "abc"
     assert seen[1].headers["authorization"] == f"Bearer {KEY}"

@@ -35,6 +35,7 @@ PUBLIC = [
     "ConfigurationError",
     "DownloadError",
     "EmptyResultError",
+    "FailureKind",
     "GenerationRequest",
     "GenerationResult",
     "InsufficientCreditsError",

@@ -15,6 +15,7 @@ from banana2_async import (
     BadRequestError,
     Banana2Error,
     ConfigurationError,
+    FailureKind,
     InsufficientCreditsError,
     InternalServerError,
     InvalidRequestError,
@@ -24,7 +25,6 @@ from banana2_async import (
 from banana2_async._retry import (
     MAX_RETRY_AFTER,
     Decision,
-    Failure,
     backoff,
     outcome_of,
     retry_after_seconds,
@@ -36,17 +36,17 @@ NOW = 1_700_000_000.0
 
 # -- POST /api/generate: never pay twice ----------------------------------------------------------
 
-SUBMIT_DECISIONS: list[tuple[Failure | int, Decision]] = [
-    (Failure.CONNECT, "retry"),
-    (Failure.CONNECT_TIMEOUT, "retry"),
-    (Failure.POOL_TIMEOUT, "retry"),
-    (Failure.LOCAL, "raise"),
-    (Failure.READ_TIMEOUT, "uncertain"),
-    (Failure.WRITE_TIMEOUT, "uncertain"),
-    (Failure.NETWORK, "uncertain"),
-    (Failure.BAD_RESPONSE, "uncertain"),
-    (Failure.DEADLINE, "uncertain"),
-    (Failure.NOT_SENT_IN_TIME, "retry"),
+SUBMIT_DECISIONS: list[tuple[FailureKind | int, Decision]] = [
+    (FailureKind.CONNECT, "retry"),
+    (FailureKind.CONNECT_TIMEOUT, "retry"),
+    (FailureKind.POOL_TIMEOUT, "retry"),
+    (FailureKind.LOCAL, "raise"),
+    (FailureKind.READ_TIMEOUT, "uncertain"),
+    (FailureKind.WRITE_TIMEOUT, "uncertain"),
+    (FailureKind.NETWORK, "uncertain"),
+    (FailureKind.BAD_RESPONSE, "uncertain"),
+    (FailureKind.DEADLINE, "uncertain"),
+    (FailureKind.NOT_SENT_IN_TIME, "retry"),
     (400, "raise"),
     (401, "raise"),
     (402, "raise"),
@@ -66,27 +66,27 @@ SUBMIT_DECISIONS: list[tuple[Failure | int, Decision]] = [
 
 
 def test_every_failure_kind_has_a_submit_decision() -> None:
-    """The submit table above names every `Failure`, so a new kind cannot slip through undecided."""
-    assert {outcome for outcome, _ in SUBMIT_DECISIONS if isinstance(outcome, Failure)} == set(Failure)
+    """The submit table above names every `FailureKind`, so a new kind cannot slip through undecided."""
+    assert {outcome for outcome, _ in SUBMIT_DECISIONS if isinstance(outcome, FailureKind)} == set(FailureKind)
 
 
 @pytest.mark.parametrize(("outcome", "expected"), SUBMIT_DECISIONS)
-def test_submit_decision(outcome: Failure | int, expected: Decision) -> None:
+def test_submit_decision(outcome: FailureKind | int, expected: Decision) -> None:
     """A submit is retried only if never sent or refused (429, 503); a maybe-landed one is uncertain."""
     assert submit_decision(outcome) == expected
 
 
-STATUS_DECISIONS: list[tuple[Failure | int, Decision]] = [
-    (Failure.CONNECT, "retry"),
-    (Failure.CONNECT_TIMEOUT, "retry"),
-    (Failure.POOL_TIMEOUT, "retry"),
-    (Failure.LOCAL, "raise"),
-    (Failure.READ_TIMEOUT, "retry"),
-    (Failure.WRITE_TIMEOUT, "retry"),
-    (Failure.NETWORK, "retry"),
-    (Failure.BAD_RESPONSE, "retry"),
-    (Failure.DEADLINE, "retry"),
-    (Failure.NOT_SENT_IN_TIME, "retry"),
+STATUS_DECISIONS: list[tuple[FailureKind | int, Decision]] = [
+    (FailureKind.CONNECT, "retry"),
+    (FailureKind.CONNECT_TIMEOUT, "retry"),
+    (FailureKind.POOL_TIMEOUT, "retry"),
+    (FailureKind.LOCAL, "raise"),
+    (FailureKind.READ_TIMEOUT, "retry"),
+    (FailureKind.WRITE_TIMEOUT, "retry"),
+    (FailureKind.NETWORK, "retry"),
+    (FailureKind.BAD_RESPONSE, "retry"),
+    (FailureKind.DEADLINE, "retry"),
+    (FailureKind.NOT_SENT_IN_TIME, "retry"),
     (400, "raise"),
     (401, "raise"),
     (402, "raise"),
@@ -103,12 +103,12 @@ STATUS_DECISIONS: list[tuple[Failure | int, Decision]] = [
 
 
 def test_every_failure_kind_has_a_status_decision() -> None:
-    """The status table above names every `Failure`."""
-    assert {outcome for outcome, _ in STATUS_DECISIONS if isinstance(outcome, Failure)} == set(Failure)
+    """The status table above names every `FailureKind`."""
+    assert {outcome for outcome, _ in STATUS_DECISIONS if isinstance(outcome, FailureKind)} == set(FailureKind)
 
 
 @pytest.mark.parametrize(("outcome", "expected"), STATUS_DECISIONS)
-def test_status_decision(outcome: Failure | int, expected: Decision) -> None:
+def test_status_decision(outcome: FailureKind | int, expected: Decision) -> None:
     """A status poll is retried on every transient failure (network, timeouts, 408, 429, 5xx), never on 4xx."""
     assert status_decision(outcome) == expected
 
@@ -119,15 +119,15 @@ def test_status_decision(outcome: Failure | int, expected: Decision) -> None:
 @pytest.mark.parametrize(
     ("exc", "expected"),
     [
-        (APIConnectionError("x", kind="connect"), Failure.CONNECT),
-        (APITimeoutError("x", kind="connect-timeout"), Failure.CONNECT_TIMEOUT),
-        (APITimeoutError("x", kind="pool-timeout"), Failure.POOL_TIMEOUT),
-        (APITimeoutError("x", kind="read-timeout"), Failure.READ_TIMEOUT),
-        (APITimeoutError("x", kind="write-timeout"), Failure.WRITE_TIMEOUT),
-        (APIConnectionError("x", kind="network"), Failure.NETWORK),
-        (APIConnectionError("x", kind="local"), Failure.LOCAL),
-        (APIConnectionError("x", kind="something new"), Failure.NETWORK),
-        (APIResponseError("x", status_code=200), Failure.BAD_RESPONSE),
+        (APIConnectionError("x", kind="connect"), FailureKind.CONNECT),
+        (APITimeoutError("x", kind="connect-timeout"), FailureKind.CONNECT_TIMEOUT),
+        (APITimeoutError("x", kind="pool-timeout"), FailureKind.POOL_TIMEOUT),
+        (APITimeoutError("x", kind="read-timeout"), FailureKind.READ_TIMEOUT),
+        (APITimeoutError("x", kind="write-timeout"), FailureKind.WRITE_TIMEOUT),
+        (APIConnectionError("x", kind="network"), FailureKind.NETWORK),
+        (APIConnectionError("x", kind="local"), FailureKind.LOCAL),
+        (APIConnectionError("x", kind="something new"), FailureKind.NETWORK),
+        (APIResponseError("x", status_code=200), FailureKind.BAD_RESPONSE),
         (BadRequestError("x", status_code=400), 400),
         (AuthenticationError("x", status_code=401), 401),
         (InsufficientCreditsError("x", status_code=402), 402),
@@ -136,21 +136,21 @@ def test_status_decision(outcome: Failure | int, expected: Decision) -> None:
         (InternalServerError("x", status_code=502), 502),
     ],
 )
-def test_outcome_of(exc: Banana2Error, expected: Failure | int) -> None:
-    """An error is reduced to the `Failure` or status code a decision is made on; an unknown kind counts as network."""
+def test_outcome_of(exc: Banana2Error, expected: FailureKind | int) -> None:
+    """An error is reduced to the `FailureKind` or status code a decision is made on; an unknown kind counts as network."""
     assert outcome_of(exc) == expected
 
 
 def test_outcome_of_an_unknown_error_is_a_bad_response() -> None:
     """An error of no wire kind is treated as a bad answer: uncertain for a submit, retried for a poll."""
-    assert outcome_of(APIResponseError("x")) is Failure.BAD_RESPONSE
-    assert outcome_of(Banana2Error("x")) is Failure.BAD_RESPONSE
+    assert outcome_of(APIResponseError("x")) is FailureKind.BAD_RESPONSE
+    assert outcome_of(Banana2Error("x")) is FailureKind.BAD_RESPONSE
 
 
 @pytest.mark.parametrize("exc", [ConfigurationError("x"), InvalidRequestError("task_id is empty", field="task_id")])
 def test_a_request_that_cannot_be_made_is_not_retried(exc: Banana2Error) -> None:
     """A request that cannot be made (a task id no URL can hold, say) is raised at once, never retried."""
-    assert outcome_of(exc) is Failure.LOCAL
+    assert outcome_of(exc) is FailureKind.LOCAL
     assert status_decision(outcome_of(exc)) == "raise"
     assert submit_decision(outcome_of(exc)) == "raise"
 
