@@ -137,7 +137,7 @@ def test_status_decision(outcome: FailureKind | int, expected: Decision) -> None
     ],
 )
 def test_outcome_of(exc: Banana2Error, expected: FailureKind | int) -> None:
-    """An error is reduced to the `FailureKind` or status code a decision is made on; an unknown kind counts as network."""
+    """An error is reduced to the `FailureKind` or status a decision is made on; an unknown kind counts as network."""
     assert outcome_of(exc) == expected
 
 
