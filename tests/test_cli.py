@@ -428,9 +428,9 @@ def test_parse_requests() -> None:
     ]
     with pytest.raises(InvalidRequestError, match="holds no requests"):
         parse_requests(["", "  "])
-    with pytest.raises(InvalidRequestError, match=r"f.jsonl, line 2: not valid JSON"):
+    with pytest.raises(InvalidRequestError, match=r"f.jsonl, line 2, column 2: not valid JSON"):
         parse_requests(['{"prompt": "p"}', "{nope"], source="f.jsonl")
-    with pytest.raises(InvalidRequestError, match="line 2: a request must be a JSON object"):
+    with pytest.raises(InvalidRequestError, match="line 2: a line must be a request object or a prompt string"):
         parse_requests(['{"prompt": "p"}', "[1, 2]"])
     with pytest.raises(InvalidRequestError, match=r"line 1: .*unknown"):
         parse_requests(['{"prompt": "p", "unknown": 1}'])
