@@ -71,7 +71,9 @@ __all__ = [
     "EventKind",
     "OutcomeStatus",
     "as_requests",
+    "failed_on_the_server",
     "plan_batch",
+    "row_kind",
 ]
 
 logger = logging.getLogger("banana2_async")
@@ -203,6 +205,12 @@ def as_requests(requests: Iterable[GenerationRequest | str]) -> tuple[Generation
 def failed_on_the_server(row: JournalRow) -> bool:
     """Whether a row ended with its task failed on the server (or a success without images): a retry pays again."""
     return row.state == "failed" and row.task_id is not None and split_error(row.error)[0] in _FAILED_ON_THE_SERVER
+
+
+def row_kind(row: JournalRow | None, *, resubmit_uncertain: bool = False, retry_failed: bool = False) -> str:
+    """What a run does with a row of its journal (``None``: new): ``"submit"``, ``"track"`` (its task),
+    ``"uncertain"`` (reported, not sent), or ``"succeeded"`` / ``"failed"`` (finished earlier, skipped)."""
+    return _kind_of(row, resubmit_uncertain, retry_failed)
 
 
 def _kind_of(row: JournalRow | None, resubmit_uncertain: bool, retry_failed: bool) -> _Kind:

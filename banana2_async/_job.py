@@ -188,8 +188,13 @@ def describe_change(change: RowChange) -> str:
     if change.key.startswith("id:"):
         name += f" (id {change.key[3:]!r})"
     paid = f"{change.state}, task {change.task_id}" if change.task_id else change.state
-    what = f"changed (now row {change.now + 1})" if change.now is not None else "not in the job any more, or changed"
-    return f"{name} {shown!r} ({paid}) is {what}"
+    if change.now is not None:
+        what = f"was changed (it is row {change.now + 1} now)"
+    elif change.key.startswith("id:"):
+        what = "is not in the job any more"
+    else:
+        what = "is not in the job any more, or was changed"
+    return f"{name} {shown!r} ({paid}) {what}"
 
 
 def match_rows(stored: Sequence[StoredRow], keys: Sequence[str], bodies: Sequence[str]) -> Match:

@@ -215,7 +215,7 @@ async def test_rows_never_paid_for_may_change_or_go(tmp_path: Path) -> None:
     assert view is not None
     (change,) = view.changes
     assert (change.key, change.position, change.now, change.task_id) == ("id:cat", 0, 0, "task-0")
-    assert describe_change(change) == "row 1 (id 'cat') 'a cat' (submitted, task task-0) is changed (now row 1)"
+    assert describe_change(change) == "row 1 (id 'cat') 'a cat' (submitted, task task-0) was changed (it is row 1 now)"
     with pytest.raises(JournalError, match="changed") as caught:
         await Journal.open(path, changed, job_keys(changed, ids[:2]))
     assert caught.value.reason == "other-job"
