@@ -351,6 +351,7 @@ class Batch:
         "_resubmit_uncertain",
         "_retry_failed",
         "_scope",
+        "_sending",
         "_started",
         "_unreachable",
         "_wait_timeout",
@@ -398,6 +399,7 @@ class Batch:
         """What the run does; set once it has started."""
         self._journal = Journal.memory()
         self._in_flight: dict[str, int] = {}
+        self._sending: dict[int, anyio.CancelScope] = {}
         self._halted: Exception | None = None
         self._unreachable = 0
         self._fatal: Exception | None = None
@@ -537,6 +539,9 @@ class Batch:
         if self._halted is None:
             logger.warning("bulk run: %s; no new requests are sent, tasks in flight finish", _describe(exc))
             self._halted = exc
+            # Submits still waiting to be sent (for a slot, the rate gate, a retry) are not sent now.
+            for waiting in self._sending.values():
+                waiting.cancel()
 
     async def _submit(self, item: _Item) -> BatchOutcome:
         index, request = item.index, item.request
@@ -552,11 +557,15 @@ class Batch:
             return self._unsubmitted(item)
         with anyio.CancelScope(shield=True):
             await self._journal.mark_submitting(index)
+        handle: TaskHandle | None = None
+        # Cancelled when the run stops sending (`_halt`), as a closed run cancels the whole submit.
+        sending = self._sending[index] = anyio.CancelScope()
         try:
             # Not shielded: a run that is closed abandons a submit still waiting for the rate gate,
             # a slot or a 429/503 retry. The wire awaits the answer of a request it has sent whatever
             # happens to its caller, so a task id the server charged for always comes back here.
-            handle = await self._client.submit_request(request, wait_timeout=self._wait_timeout)
+            with sending:
+                handle = await self._client.submit_request(request, wait_timeout=self._wait_timeout)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 await self._abandoned(index)
@@ -564,6 +573,10 @@ class Batch:
         except Exception as exc:
             with anyio.CancelScope(shield=True):
                 return await self._submit_failed(item, exc)
+        finally:
+            del self._sending[index]
+        if handle is None:
+            return await self._stopped_sending(item)
         with anyio.CancelScope(shield=True):
             self._unreachable = 0
             self._in_flight[handle.task_id] = index
@@ -571,6 +584,19 @@ class Batch:
             self._emit(BatchEvent("submitted", index, request, handle.task_id))
             await self._journal.mark_submitted(index, handle.task_id)
         return await self._settle(item, handle)
+
+    async def _stopped_sending(self, item: _Item) -> BatchOutcome:
+        """The outcome of a submit given up because the run stopped sending, before its request went out."""
+        with anyio.CancelScope(shield=True):
+            await self._abandoned(item.index)
+        if self._client._retry_uncertain_submits:
+            error = SubmissionUncertainError(
+                "the run stopped sending while this request waited to be sent again; an earlier attempt may have "
+                "landed and been paid for, so it is not sent again unless resubmit_uncertain=True",
+                request=item.request,
+            )
+            return BatchOutcome(item.index, item.request, "uncertain", error=error)
+        return self._unsubmitted(item)
 
     async def _abandoned(self, index: int) -> None:
         """Record a submit the run gave up on before its request was sent (again)."""

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import collections
+import json
 import sqlite3
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 
@@ -608,3 +610,34 @@ async def test_a_job_grows_by_its_keys_and_refuses_a_changed_paid_row(sim: Simul
             await _collect(Batch(client, changed, journal=journal, keys=["hen", "cat", "dog"]))
         assert caught.value.reason == "other-job"
     assert sim.stats.tasks_per_prompt == {"a cat": 1, "a dog": 1, "a hen": 1}
+
+
+async def test_a_run_that_stops_sending_lets_go_of_submits_waiting_to_be_sent_again(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """When the run stops sending (the server cannot be reached), a submit waiting out a 503's Retry-After is not
+    sent again: its row is unsubmitted and pending, and the run ends without waiting for it."""
+    posts: list[str] = []
+
+    class Refusing(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            prompt = str(json.loads(request.content)["prompt"])
+            posts.append(prompt)
+            if prompt == "slow":
+                return httpx.Response(503, json={"code": 503, "message": "busy"}, headers={"Retry-After": "30"})
+            raise httpx.ConnectError("connection refused", request=request)
+
+    journal = tmp_path / "run.db"
+    prompts = ["slow", *_prompts(5)]
+    with anyio.fail_after(10):
+        async with AsyncBanana2(
+            sim.api_key, base_url="https://unreachable.test", transport=Refusing(), max_retries=1
+        ) as client:
+            outcomes = await _collect(client.batch(prompts, concurrency=4, journal=journal))
+    assert _by_status(outcomes) == {"unsubmitted": 6}
+    assert posts.count("slow") == 1
+    slow = next(outcome for outcome in outcomes if outcome.request.prompt == "slow")
+    assert "could not reach https://unreachable.test" in str(slow.error)
+    rows = await read_journal(journal, [GenerationRequest(prompt=prompt) for prompt in prompts])
+    assert rows is not None
+    assert {row.state for row in rows} == {"pending"}
