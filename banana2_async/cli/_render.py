@@ -109,8 +109,10 @@ class BatchProgress:
 
     def begin(self, *, succeeded: int = 0, failed: int = 0) -> None:
         """Show the bar, with the rows of the job an earlier run finished counted in."""
+        if self._task is not None:
+            return
         self._earlier = (succeeded, failed)
-        if self._progress is not None and self._task is None:
+        if self._progress is not None:
             self._task = self._progress.add_task(
                 self._title, total=self._total, completed=succeeded + failed, detail=self._detail()
             )
