@@ -155,7 +155,7 @@ def render_gallery(records: Sequence[Mapping[str, Any]], *, title: str) -> str:
 def write_gallery(path: Path, records: Sequence[Mapping[str, Any]], *, title: str) -> None:
     """Write the gallery at ``path`` (its images named relative to it), whole: a temporary file, then renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    page = render_gallery(relative_files([dict(record) for record in records], path.parent), title=title)
+    page = render_gallery(relative_files(records, path.parent), title=title)
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         temporary.write_text(page, encoding="utf-8", errors="backslashreplace")
