@@ -153,8 +153,8 @@ class BatchPlan:
     finished in an earlier run and are skipped. ``job_credits`` is what every
     request of the job costs together. ``retry`` rows failed on the server in
     an earlier run and are sent again (``retry_failed=True``; counted in
-    ``submit`` and ``credits``); ``retryable`` of the ``failed`` rows would be,
-    for ``retry_credits`` credits.
+    ``submit`` and ``credits``); without it, ``retryable`` of the ``failed``
+    rows would be. ``retry_credits`` is what those rows cost.
     """
 
     total: int
@@ -263,11 +263,11 @@ def plan_batch(
         if kind == "submit":
             credits += request.credits
         if row is not None and failed_on_the_server(row):
+            retry_credits += request.credits
             if kind == "submit":
                 retry += 1
             else:
                 retryable += 1
-                retry_credits += request.credits
     return BatchPlan(
         total=len(requests),
         submit=counts["submit"],

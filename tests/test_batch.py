@@ -571,6 +571,7 @@ async def test_retry_failed_sends_again_only_rows_that_failed_on_the_server(tmp_
         run = Batch(client, prompts, journal=journal, retry_failed=True)
         plan = await run.dry_run()
         assert (plan.submit, plan.retry, plan.retryable, plan.credits, plan.failed) == (2, 2, 0, 40, 0)
+        assert plan.retry_credits == 40
         again = await _collect(run)
     assert _by_status(again) == {"succeeded": 2}
     assert {outcome.index for outcome in again} == {outcome.index for outcome in first if not outcome.ok}

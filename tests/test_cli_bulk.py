@@ -243,7 +243,7 @@ def test_a_dry_run_shows_the_rows_as_read_and_what_a_resume_skips(
     assert document["preview"][0]["options"] == {"type": "text-to-image", "aspect_ratio": "16:9", "resolution": "2k"}
     assert {item["action"] for item in document["preview"]} <= {"skip: succeeded", "skip: failed"}
     readable = _batch(source, out, env, "--dry-run", "--retry-failed")
-    assert "1 row that failed on the server will be sent again" in readable.stdout
+    assert "1 row that failed on the server will be sent again, for 20 credits" in readable.stdout
     assert "15 tasks in the job; 13 finished earlier; 2 to submit for 40 credits" in readable.stdout
     assert "retry (20 credits)" in readable.stdout
     assert sim.stats.tasks_created == 14

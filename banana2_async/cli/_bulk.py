@@ -370,7 +370,12 @@ def _show_dry_run(
     if removed:
         say(Text(f"{plural(removed, 'row')} never sent and no longer in the file will be dropped from the journal"))
     if plan.retry:
-        say(Text(f"{plural(plan.retry, 'row')} that failed on the server will be sent again (paid for again)"))
+        say(
+            Text(
+                f"{plural(plan.retry, 'row')} that failed on the server will be sent again, "
+                f"for {plan.retry_credits} credits"
+            )
+        )
     if plan.retryable:
         say(
             Text(
