@@ -315,19 +315,19 @@ class Batch:
         async for outcome in client.batch(requests, journal="run.db"):
             ...
 
-    ``Batch(client, requests, ...)`` takes the options of `AsyncBanana2.batch`
-    and two more: ``keys``, an id (or ``None``) per request that the journal
-    knows the row by, so that a row whose request changes is known as the
-    same row (by default a row is known by its request); and
-    ``retry_failed``, to send again (and pay again for) the rows of an
-    earlier run whose task failed on the server or succeeded without images.
-
     or iterate ``batch.events()`` for every `BatchEvent` (progress and
     outcomes). The run starts with the loop (or ``async with``) and runs in
     the client's task group; leaving the loop early does not stop it by
     itself. To stop early, use ``async with batch:`` around the loop, or call
     `aclose`: no new request is sent, a request being sent has its task id
     recorded, and the journal is closed. A batch runs once.
+
+    ``Batch(client, requests, ...)`` takes the options of `AsyncBanana2.batch`
+    and two more: ``keys``, an id (or ``None``) per request that the journal
+    knows the row by, so that a row whose request changes is known as the
+    same row (by default a row is known by its request); and
+    ``retry_failed``, to send again (and pay again for) the rows of an
+    earlier run whose task failed on the server or succeeded without images.
     """
 
     __slots__ = (

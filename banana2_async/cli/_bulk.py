@@ -188,7 +188,9 @@ async def _run(output: Output, options: BulkOptions, job: Input, keys: list[str]
                 progress.begin(succeeded=run.plan.succeeded, failed=run.plan.failed)
                 with progress:
                     progress.note(plan_line(run.plan))
-                    outcomes.extend([outcome async for outcome in run])
+                    # One by one: a run cut short (Ctrl-C) keeps what it had for the manifest.
+                    async for outcome in run:
+                        outcomes.append(outcome)  # noqa: PERF401
         finally:
             if run.plan is not None:
                 # Also when the run is cut short (Ctrl-C): the record says where every row stands.

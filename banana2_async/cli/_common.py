@@ -222,9 +222,9 @@ class _Formatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         if self._tracebacks or not record.exc_info or record.exc_info[1] is None:
-            return super().format(record)
+            return cli_text(super().format(record))
         exc = record.exc_info[1]
-        return f"banana2: {record.getMessage()} ({public_name(exc)}: {cli_text(str(exc))})"
+        return cli_text(f"banana2: {record.getMessage()} ({public_name(exc)}: {exc})")
 
 
 class _StderrHandler(logging.Handler):
