@@ -23,7 +23,7 @@ from ._common import EXIT_FAILED, EXIT_OK, Output
 from ._gallery import GALLERY_NAME, write_gallery
 from ._inputs import InputRow
 from ._manifest import MANIFEST_NAME, job_records, write_manifest
-from ._render import BatchProgress, print_problems, summary_table
+from ._render import BatchProgress, plural, print_problems, summary_table
 
 __all__ = ["DEFAULT_CONCURRENCY", "DEFAULT_COUNT", "demo_requests", "run_demo"]
 
@@ -94,7 +94,7 @@ async def run_demo(output: Output, *, out: Path, count: int, concurrency: int, s
         requests = demo_requests(count, server.base_url)
         if output.live:
             output.err.print(
-                f"Running {count} tasks against the NanoBanana 2 simulator at {server.base_url} "
+                f"Running {plural(count, 'task')} against the NanoBanana 2 simulator at {server.base_url} "
                 f"(no key, no network), {concurrency} at a time, polling every 2-3 s.",
                 markup=False,
                 highlight=False,
@@ -115,7 +115,8 @@ async def run_demo(output: Output, *, out: Path, count: int, concurrency: int, s
     await anyio.to_thread.run_sync(lambda: write_gallery(gallery, records, title="banana2 demo"))
     stats = simulator.stats
     tally = progress.tally
-    api_requests = stats.count("generate") + stats.count("status")
+    submits, polls = stats.count("generate"), stats.count("status")
+    api_requests = submits + polls
     summary = {
         "tasks": len(requests),
         "succeeded": tally.succeeded,
@@ -140,7 +141,7 @@ async def run_demo(output: Output, *, out: Path, count: int, concurrency: int, s
             ("Succeeded", str(summary["succeeded"])),
             ("Failed", str(summary["failed"])),
             ("Credits", str(summary["credits"])),
-            ("Requests sent", f"{api_requests} ({summary['submits']} submits, {summary['polls']} polls)"),
+            ("Requests sent", f"{api_requests} ({plural(submits, 'submit')}, {plural(polls, 'poll')})"),
             ("Images downloaded", str(summary["images"])),
             ("Transient faults absorbed", str(summary["faults_absorbed"])),
             ("Wall time", f"{wall:.1f} s"),
