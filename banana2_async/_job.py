@@ -105,7 +105,8 @@ class Match:
     each (``None``: new to the journal). ``changes`` are rows paid for that
     the job no longer has as they were; ``reset`` the ids of rows never paid
     for whose request changed, ``removed`` of those the job no longer has,
-    ``moved`` (id, position) of rows found at another position.
+    ``moved`` (id, position) of rows found at another position, ``rekeyed``
+    (id, key) of rows found by their request under another key.
     """
 
     rows: list[JournalRow]
@@ -114,6 +115,7 @@ class Match:
     reset: list[int]
     removed: list[int]
     moved: list[tuple[int, int]]
+    rekeyed: list[tuple[int, str]] = field(default_factory=list)
 
 
 def request_body(request: GenerationRequest) -> str:
@@ -199,15 +201,28 @@ def describe_change(change: RowChange) -> str:
 
 def match_rows(stored: Sequence[StoredRow], keys: Sequence[str], bodies: Sequence[str]) -> Match:
     """How the rows a journal holds meet a job's requests (their keys and bodies): which row is which, which are
-    new, changed or gone."""
+    new, changed or gone.
+
+    A row is found by its key; a row whose key is not in the journal is found by its request among the rows the
+    job no longer names, so a row that was given an id (or lost one) is still the same row.
+    """
     by_key = {item.key: item for item in stored}
+    found: list[StoredRow | None] = [by_key.pop(key, None) for key in keys]
+    by_body: dict[str, list[StoredRow]] = {}
+    for left in sorted(by_key.values(), key=lambda row: row.idx):
+        by_body.setdefault(left.body, []).append(left)
+    rekeyed: list[tuple[int, str]] = []
+    for index, (known, body) in enumerate(zip(found, bodies, strict=True)):
+        if known is None and by_body.get(body):
+            found[index] = match = by_body[body].pop(0)
+            del by_key[match.key]
+            rekeyed.append((match.idx, keys[index]))
     rows: list[JournalRow] = []
     ids: list[int | None] = []
     changes: list[RowChange] = []
     reset: list[int] = []
     moved: list[tuple[int, int]] = []
-    for index, (key, body) in enumerate(zip(keys, bodies, strict=True)):
-        item = by_key.pop(key, None)
+    for index, (item, body) in enumerate(zip(found, bodies, strict=True)):
         if item is None:
             rows.append(JournalRow(index, "pending", added=True))
             ids.append(None)
@@ -219,9 +234,10 @@ def match_rows(stored: Sequence[StoredRow], keys: Sequence[str], bodies: Sequenc
             rows.append(JournalRow(index, *row_fields(item.row)))
             continue
         if item.row.paid:
-            changes.append(RowChange(key, item.position, prompt_of(item.body), item.row.state, item.row.task_id, index))
-        # Never paid for: the row is the new request, from the start.
-        reset.append(item.idx)
+            changes.append(_change(item, index))
+        else:
+            # Never paid for: the row is the new request, from the start.
+            reset.append(item.idx)
         rows.append(JournalRow(index, "pending"))
     removed: list[int] = []
     for item in by_key.values():
@@ -230,7 +246,7 @@ def match_rows(stored: Sequence[StoredRow], keys: Sequence[str], bodies: Sequenc
         else:
             removed.append(item.idx)
     changes.sort(key=lambda change: change.position)
-    return Match(rows, ids, changes, reset, removed, moved)
+    return Match(rows, ids, changes, reset, removed, moved, rekeyed)
 
 
 def _change(item: StoredRow, now: int | None) -> RowChange:

@@ -367,6 +367,10 @@ def _apply(
             "files = '[]', error = NULL, consumed = NULL, updated = ? WHERE idx = ?",
             [(request_body(requests[position[idx]]), requests[position[idx]].credits, now, idx) for idx in plan.reset],
         )
+    if plan.rekeyed:
+        conn.executemany(
+            "UPDATE requests SET key = ? WHERE idx = ?", [(_storable(key), idx) for idx, key in plan.rekeyed]
+        )
     if plan.moved:
         conn.executemany(
             "UPDATE requests SET position = ? WHERE idx = ?", [(now_at, idx) for idx, now_at in plan.moved]

@@ -221,6 +221,23 @@ async def test_rows_never_paid_for_may_change_or_go(tmp_path: Path) -> None:
     assert caught.value.reason == "other-job"
 
 
+async def test_a_row_given_an_id_later_is_the_same_row(tmp_path: Path) -> None:
+    """Rows known by their request, then given ids (an id column added to the file), are found by their request:
+    nothing paid for is lost, and from then on the journal knows them by their ids."""
+    path = tmp_path / "run.db"
+    await _paid(path)
+    ids = ["cat", "dog", "night"]
+    view = await inspect_journal(path, JOB, job_keys(JOB, ids))
+    assert view is not None
+    assert (view.changes, [row.task_id for row in view.rows]) == ([], ["task-0", "task-1", None])
+    journal, rows = await Journal.open(path, JOB, job_keys(JOB, ids))
+    await journal.aclose()
+    assert [row.state for row in rows] == ["succeeded", "submitted", "pending"]
+    changed = [GenerationRequest(prompt="a cat, in blue"), *JOB[1:]]
+    with pytest.raises(JournalError, match=r"row 1 \(id 'cat'\) 'a cat' .* was changed"):
+        await read_journal(path, changed, job_keys(changed, ids))
+
+
 def test_keys_name_rows_by_id_or_by_content() -> None:
     """A row with an id is known by it; others by their request and its rank among identical ones; ids are
     checked."""
