@@ -10,10 +10,16 @@ With a journal (see `_journal`), a run survives a crash or an empty balance:
 run the same job again and finished rows are skipped, known task ids are
 tracked instead of paid for again, and rows whose ``POST`` may have landed
 without an answer are reported as uncertain rather than sent again, unless
-``resubmit_uncertain=True``.
+``resubmit_uncertain=True``. Rows whose task failed on the server are sent
+again (and paid for again) only with ``retry_failed=True``. The job may grow
+between runs: rows are known by their keys (see `_job`), and rows added to
+it are sent by the next run.
 
 A 402 (or a refused key) stops new submits; tasks in flight still finish, and
-every request not sent is reported as ``"unsubmitted"``.
+every request not sent is reported as ``"unsubmitted"``. So do a few submits
+in a row that could not reach the server at all (nothing was sent): a run
+against an address that does not answer stops early instead of trying every
+row.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import anyio
 import anyio.lowlevel
 
 from ._exceptions import (
+    APIConnectionError,
     AuthenticationError,
     BadRequestError,
     Banana2Error,
@@ -46,8 +53,9 @@ from ._exceptions import (
     TaskFailedError,
 )
 from ._handle import TaskHandle
-from ._journal import Journal, JournalRow, read_journal
+from ._journal import Journal, JournalRow, job_keys, read_journal, split_error
 from ._models import GenerationRequest, GenerationResult
+from ._retry import Failure
 from ._types import DEFAULT_BATCH_CONCURRENCY, NOT_GIVEN, NotGiven
 
 if TYPE_CHECKING:
@@ -55,6 +63,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
+    "UNREACHABLE_AFTER",
     "Batch",
     "BatchEvent",
     "BatchOutcome",
@@ -62,7 +71,9 @@ __all__ = [
     "EventKind",
     "OutcomeStatus",
     "as_requests",
+    "failed_on_the_server",
     "plan_batch",
+    "row_kind",
 ]
 
 logger = logging.getLogger("banana2_async")
@@ -78,6 +89,14 @@ _Kind = Literal["submit", "track", "uncertain", "succeeded", "failed"]
 # A server's message can be of any length; the journal keeps enough of it to say what happened.
 _MAX_REASON: Final = 2000
 _HTTP_SCHEMES: Final = ("http://", "https://")
+# Submits in a row that could not be sent at all before a run stops sending.
+UNREACHABLE_AFTER: Final = 3
+_NEVER_SENT: Final = frozenset(
+    failure.value
+    for failure in (Failure.CONNECT, Failure.CONNECT_TIMEOUT, Failure.POOL_TIMEOUT, Failure.NOT_SENT_IN_TIME)
+)
+# What a task that failed on the server leaves in the journal; `retry_failed` sends such rows again.
+_FAILED_ON_THE_SERVER: Final = frozenset({TaskFailedError.__name__, EmptyResultError.__name__})
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +107,9 @@ class BatchOutcome:
     run downloads), ``"failed"`` (``error`` says why; ``result`` is set when
     only the download failed), ``"uncertain"`` (the ``POST`` may have been
     paid for without an answer: `SubmissionUncertainError`) or
-    ``"unsubmitted"`` (never sent: the run stopped on a 402 or a refused key).
-    ``index`` is the request's position in the job.
+    ``"unsubmitted"`` (not sent, or refused unpaid: the run stopped on a 402,
+    a refused key, or a server it could not reach). ``index`` is the
+    request's position in the job.
     """
 
     index: int
@@ -131,7 +151,10 @@ class BatchPlan:
     of an earlier run are watched again (already paid for); ``uncertain``
     rows are reported and not sent; ``succeeded`` and ``failed`` rows
     finished in an earlier run and are skipped. ``job_credits`` is what every
-    request of the job costs together.
+    request of the job costs together. ``retry`` rows failed on the server in
+    an earlier run and are sent again (``retry_failed=True``; counted in
+    ``submit`` and ``credits``); without it, ``retryable`` of the ``failed``
+    rows would be. ``retry_credits`` is what those rows cost.
     """
 
     total: int
@@ -142,6 +165,9 @@ class BatchPlan:
     failed: int
     credits: int
     job_credits: int
+    retry: int = 0
+    retryable: int = 0
+    retry_credits: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,23 +202,39 @@ def as_requests(requests: Iterable[GenerationRequest | str]) -> tuple[Generation
     return tuple(prepared)
 
 
-def _kind_of(row: JournalRow | None, resubmit_uncertain: bool) -> _Kind:
+def failed_on_the_server(row: JournalRow) -> bool:
+    """Whether a row ended with its task failed on the server (or a success without images): a retry pays again."""
+    return row.state == "failed" and row.task_id is not None and split_error(row.error)[0] in _FAILED_ON_THE_SERVER
+
+
+def row_kind(row: JournalRow | None, *, resubmit_uncertain: bool = False, retry_failed: bool = False) -> str:
+    """What a run does with a row of its journal (``None``: new): ``"submit"``, ``"track"`` (its task),
+    ``"uncertain"`` (reported, not sent), or ``"succeeded"`` / ``"failed"`` (finished earlier, skipped)."""
+    return _kind_of(row, resubmit_uncertain, retry_failed)
+
+
+def _kind_of(row: JournalRow | None, resubmit_uncertain: bool, retry_failed: bool) -> _Kind:
     if row is None or row.state == "pending":
         return "submit"
     if row.state == "submitting":
         return "submit" if resubmit_uncertain else "uncertain"
     if row.state == "submitted":
         return "track" if row.task_id else "uncertain"
+    if row.state == "failed" and retry_failed and failed_on_the_server(row):
+        return "submit"
     return "succeeded" if row.state == "succeeded" else "failed"
 
 
 def _items(
-    requests: Sequence[GenerationRequest], rows: Sequence[JournalRow] | None, resubmit_uncertain: bool
+    requests: Sequence[GenerationRequest],
+    rows: Sequence[JournalRow] | None,
+    resubmit_uncertain: bool,
+    retry_failed: bool,
 ) -> list[_Item]:
     """Every request with what this run does with it: uncertain reports first, then tracks, then submits."""
     items = [
         _Item(
-            _kind_of(rows[index] if rows else None, resubmit_uncertain),
+            _kind_of(rows[index] if rows else None, resubmit_uncertain, retry_failed),
             index,
             request,
             rows[index].task_id if rows else None,
@@ -209,15 +251,23 @@ def plan_batch(
     rows: Sequence[JournalRow] | None = None,
     *,
     resubmit_uncertain: bool = False,
+    retry_failed: bool = False,
 ) -> BatchPlan:
     """What a run of ``requests`` will do, given the rows of its journal (``None``: a fresh job)."""
     counts = dict.fromkeys(("submit", "track", "uncertain", "succeeded", "failed"), 0)
-    credits = 0
+    credits = retry = retryable = retry_credits = 0
     for index, request in enumerate(requests):
-        kind = _kind_of(rows[index] if rows else None, resubmit_uncertain)
+        row = rows[index] if rows else None
+        kind = _kind_of(row, resubmit_uncertain, retry_failed)
         counts[kind] += 1
         if kind == "submit":
             credits += request.credits
+        if row is not None and failed_on_the_server(row):
+            retry_credits += request.credits
+            if kind == "submit":
+                retry += 1
+            else:
+                retryable += 1
     return BatchPlan(
         total=len(requests),
         submit=counts["submit"],
@@ -227,6 +277,9 @@ def plan_batch(
         failed=counts["failed"],
         credits=credits,
         job_credits=sum(request.credits for request in requests),
+        retry=retry,
+        retryable=retryable,
+        retry_credits=retry_credits,
     )
 
 
@@ -268,6 +321,13 @@ class Batch:
     itself. To stop early, use ``async with batch:`` around the loop, or call
     `aclose`: no new request is sent, a request being sent has its task id
     recorded, and the journal is closed. A batch runs once.
+
+    ``Batch(client, requests, ...)`` takes the options of `AsyncBanana2.batch`
+    and two more: ``keys``, an id (or ``None``) per request that the journal
+    knows the row by, so that a row whose request changes is known as the
+    same row (by default a row is known by its request); and
+    ``retry_failed``, to send again (and pay again for) the rows of an
+    earlier run whose task failed on the server or succeeded without images.
     """
 
     __slots__ = (
@@ -283,13 +343,17 @@ class Batch:
         "_iterating",
         "_journal",
         "_journal_path",
+        "_keys",
         "_max_credits",
         "_on_event",
         "_pending",
         "_requests",
         "_resubmit_uncertain",
+        "_retry_failed",
         "_scope",
+        "_sending",
         "_started",
+        "_unreachable",
         "_wait_timeout",
         "_wakeup",
         "plan",
@@ -307,6 +371,8 @@ class Batch:
         dest_dir: str | os.PathLike[str] | None = None,
         on_event: Callable[[BatchEvent], object] | None = None,
         wait_timeout: float | NotGiven | None = NOT_GIVEN,
+        keys: Sequence[str | None] | None = None,
+        retry_failed: bool = False,
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidRequestError(
@@ -320,6 +386,8 @@ class Batch:
             )
         self._client = client
         self._requests = as_requests(requests)
+        self._keys = job_keys(self._requests, keys)
+        self._retry_failed = retry_failed
         self._concurrency = concurrency
         self._journal_path = None if journal is None else Path(journal)
         self._max_credits = max_credits
@@ -331,7 +399,9 @@ class Batch:
         """What the run does; set once it has started."""
         self._journal = Journal.memory()
         self._in_flight: dict[str, int] = {}
+        self._sending: dict[int, anyio.CancelScope] = {}
         self._halted: Exception | None = None
+        self._unreachable = 0
         self._fatal: Exception | None = None
         self._started = False
         self._closed = False
@@ -366,8 +436,15 @@ class Batch:
         Raises:
             JournalError: the journal is not one of this job, is corrupt, or is in use.
         """
-        rows = None if self._journal_path is None else await read_journal(self._journal_path, self._requests)
-        return plan_batch(self._requests, rows, resubmit_uncertain=self._resubmit_uncertain)
+        rows = None
+        if self._journal_path is not None:
+            rows = await read_journal(self._journal_path, self._requests, self._keys)
+        return self._plan(rows)
+
+    def _plan(self, rows: Sequence[JournalRow] | None) -> BatchPlan:
+        return plan_batch(
+            self._requests, rows, resubmit_uncertain=self._resubmit_uncertain, retry_failed=self._retry_failed
+        )
 
     def _checked(self, plan: BatchPlan) -> BatchPlan:
         if self._max_credits is not None and plan.credits > self._max_credits:
@@ -402,17 +479,18 @@ class Batch:
         self._checked(await self.dry_run())
         rows: list[JournalRow] | None = None
         if self._journal_path is not None:
-            self._journal, rows = await Journal.open(self._journal_path, self._requests)
+            self._journal, rows = await Journal.open(self._journal_path, self._requests, self._keys)
         try:
             # The journal is held now: this plan is the one the run follows.
-            self.plan = self._checked(plan_batch(self._requests, rows, resubmit_uncertain=self._resubmit_uncertain))
+            self.plan = self._checked(self._plan(rows))
         except BudgetExceededError:
             await self._journal.aclose()
             raise
         self._finished = anyio.Event()
         self._scope = anyio.CancelScope()
         self._client.poller.add_poll_listener(self._on_polled)
-        task_group.start_soon(self._run, _items(self._requests, rows, self._resubmit_uncertain))
+        items = _items(self._requests, rows, self._resubmit_uncertain, self._retry_failed)
+        task_group.start_soon(self._run, items)
 
     async def _run(self, items: list[_Item]) -> None:
         scope, finished = self._scope, self._finished
@@ -461,6 +539,9 @@ class Batch:
         if self._halted is None:
             logger.warning("bulk run: %s; no new requests are sent, tasks in flight finish", _describe(exc))
             self._halted = exc
+            # Submits still waiting to be sent (for a slot, the rate gate, a retry) are not sent now.
+            for waiting in self._sending.values():
+                waiting.cancel()
 
     async def _submit(self, item: _Item) -> BatchOutcome:
         index, request = item.index, item.request
@@ -476,11 +557,15 @@ class Batch:
             return self._unsubmitted(item)
         with anyio.CancelScope(shield=True):
             await self._journal.mark_submitting(index)
+        handle: TaskHandle | None = None
+        # Cancelled when the run stops sending (`_halt`), as a closed run cancels the whole submit.
+        sending = self._sending[index] = anyio.CancelScope()
         try:
             # Not shielded: a run that is closed abandons a submit still waiting for the rate gate,
             # a slot or a 429/503 retry. The wire awaits the answer of a request it has sent whatever
             # happens to its caller, so a task id the server charged for always comes back here.
-            handle = await self._client.submit_request(request, wait_timeout=self._wait_timeout)
+            with sending:
+                handle = await self._client.submit_request(request, wait_timeout=self._wait_timeout)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 await self._abandoned(index)
@@ -488,12 +573,30 @@ class Batch:
         except Exception as exc:
             with anyio.CancelScope(shield=True):
                 return await self._submit_failed(item, exc)
+        finally:
+            del self._sending[index]
+        if handle is None:
+            return await self._stopped_sending(item)
         with anyio.CancelScope(shield=True):
+            self._unreachable = 0
             self._in_flight[handle.task_id] = index
             # Before the journal write, so no poll of the task is reported ahead of its submit.
             self._emit(BatchEvent("submitted", index, request, handle.task_id))
             await self._journal.mark_submitted(index, handle.task_id)
         return await self._settle(item, handle)
+
+    async def _stopped_sending(self, item: _Item) -> BatchOutcome:
+        """The outcome of a submit given up because the run stopped sending, before its request went out."""
+        with anyio.CancelScope(shield=True):
+            await self._abandoned(item.index)
+        if self._client._retry_uncertain_submits:
+            error = SubmissionUncertainError(
+                "the run stopped sending while this request waited to be sent again; an earlier attempt may have "
+                "landed and been paid for, so it is not sent again unless resubmit_uncertain=True",
+                request=item.request,
+            )
+            return BatchOutcome(item.index, item.request, "uncertain", error=error)
+        return self._unsubmitted(item)
 
     async def _abandoned(self, index: int) -> None:
         """Record a submit the run gave up on before its request was sent (again)."""
@@ -509,6 +612,13 @@ class Batch:
 
     async def _submit_failed(self, item: _Item, exc: Exception) -> BatchOutcome:
         index, request = item.index, item.request
+        if isinstance(exc, APIConnectionError) and exc.kind in _NEVER_SENT:
+            await self._journal.mark_unsent(index, _describe(exc))
+            self._unreachable += 1
+            if self._unreachable >= UNREACHABLE_AFTER:
+                self._halt(self._unreachable_error(exc))
+            return BatchOutcome(index, request, "unsubmitted", error=exc)
+        self._unreachable = 0
         if isinstance(exc, SubmissionUncertainError):
             await self._journal.mark_uncertain(index, _describe(exc))
             return BatchOutcome(index, request, "uncertain", error=exc)
@@ -517,10 +627,10 @@ class Batch:
             await self._journal.mark_failed(index, _describe(exc), final=True)
             return BatchOutcome(index, request, "failed", error=exc)
         if isinstance(exc, (InsufficientCreditsError, AuthenticationError)):
+            # Refused before any task was made: not paid for, and sent by the next run.
             self._halt(exc)
             await self._journal.mark_unsent(index, _describe(exc))
-            status: OutcomeStatus = "unsubmitted" if isinstance(exc, InsufficientCreditsError) else "failed"
-            return BatchOutcome(index, request, status, error=exc)
+            return BatchOutcome(index, request, "unsubmitted", error=exc)
         if isinstance(exc, RuntimeError) and self._client._closed:
             # The client was closed under the run before this request went out.
             self._halt(exc)
@@ -542,6 +652,17 @@ class Batch:
         uncertain.__cause__ = exc
         await self._journal.mark_uncertain(index, _describe(uncertain))
         return BatchOutcome(index, request, "uncertain", error=uncertain)
+
+    def _unreachable_error(self, last: APIConnectionError) -> APIConnectionError:
+        error = APIConnectionError(
+            f"could not reach {self._client.base_url}: {self._unreachable} submits in a row were never sent "
+            f"({last.kind}); no more are sent in this run",
+            kind=last.kind,
+            method=last.method,
+            path=last.path,
+        )
+        error.__cause__ = last
+        return error
 
     async def _track(self, item: _Item) -> BatchOutcome:
         assert item.task_id is not None
@@ -570,19 +691,24 @@ class Batch:
                 consumed_credits=result.consumed_credits,
             )
             return await self._task_failed(item, task_id, empty)
+        consumed = result.consumed_credits
         files: tuple[Path, ...] = ()
         if self._dest_dir is not None:
             try:
                 files = tuple(await self._client.download(result, self._dest_dir))
             except Exception as exc:
                 error = exc if isinstance(exc, Banana2Error) else _download_error(task_id, exc)
-                await self._journal.mark_failed(index, _describe(error), final=False, images=result.images)
+                await self._journal.mark_failed(
+                    index, _describe(error), final=False, images=result.images, consumed=consumed
+                )
                 return BatchOutcome(index, request, "failed", task_id=task_id, result=result, error=error)
             if not files:
                 error = DownloadError(f"no image of task {task_id} was written", url="", task_id=task_id)
-                await self._journal.mark_failed(index, _describe(error), final=False, images=result.images)
+                await self._journal.mark_failed(
+                    index, _describe(error), final=False, images=result.images, consumed=consumed
+                )
                 return BatchOutcome(index, request, "failed", task_id=task_id, result=result, error=error)
-        await self._journal.mark_succeeded(index, result.images, [str(path) for path in files])
+        await self._journal.mark_succeeded(index, result.images, [str(path) for path in files], consumed=consumed)
         return BatchOutcome(index, request, "succeeded", task_id=task_id, result=result, files=files)
 
     async def _task_failed(self, item: _Item, task_id: str, exc: Exception) -> BatchOutcome:
@@ -603,7 +729,8 @@ class Batch:
             logger.warning("bulk run: task %s could not be watched (%s)", task_id, _describe(exc))
             error, final = TaskError(f"task {task_id} could not be watched: {_describe(exc)}", task_id=task_id), False
             error.__cause__ = exc
-        await self._journal.mark_failed(item.index, _describe(error), final=final)
+        consumed = error.consumed_credits if isinstance(error, EmptyResultError) else None
+        await self._journal.mark_failed(item.index, _describe(error), final=final, consumed=consumed)
         return BatchOutcome(item.index, item.request, "failed", task_id=task_id, error=error)
 
     def _unsubmitted(self, item: _Item) -> BatchOutcome:

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import collections
+import json
 import sqlite3
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from pathlib import Path
 
+import anyio
+import httpx
 import pytest
 
 from banana2_async import (
+    APIConnectionError,
     AsyncBanana2,
     AuthenticationError,
+    Batch,
     BatchEvent,
     BatchOutcome,
     BudgetExceededError,
     DownloadError,
+    EmptyResultError,
     GenerationRequest,
     InsufficientCreditsError,
     InvalidRequestError,
@@ -25,7 +31,7 @@ from banana2_async import (
     TaskFailedError,
     TaskTimeoutError,
 )
-from banana2_async._batch import plan_batch
+from banana2_async._batch import UNREACHABLE_AFTER, plan_batch
 from banana2_async._journal import Journal, JournalRow, read_journal
 from banana2_async.testing import DEFAULT_API_KEY, Fault, ManualClock, Simulator
 
@@ -323,14 +329,18 @@ async def test_a_task_unknown_to_the_server_is_final(tmp_path: Path) -> None:
     assert other.stats.tasks_created == 0
 
 
-async def test_a_refused_key_stops_new_submits(sim: Simulator) -> None:
-    """A 401 on submit fails that request and reports every later one as unsubmitted."""
+async def test_a_refused_key_stops_new_submits(sim: Simulator, tmp_path: Path) -> None:
+    """A 401 on submit makes no task: that request and every later one are unsubmitted, and stay to be sent."""
     sim.remove_account(DEFAULT_API_KEY)
+    journal = tmp_path / "run.db"
     async with sim.client() as client:
-        outcomes = await _collect(client.batch(_prompts(5), concurrency=1))
-    assert _by_status(outcomes) == {"failed": 1, "unsubmitted": 4}
+        outcomes = await _collect(client.batch(_prompts(5), concurrency=1, journal=journal))
+    assert _by_status(outcomes) == {"unsubmitted": 5}
     assert all(isinstance(outcome.error, AuthenticationError) for outcome in outcomes)
     assert sim.stats.count("generate") == 1
+    rows = await read_journal(journal, [GenerationRequest(prompt=prompt) for prompt in _prompts(5)])
+    assert rows is not None
+    assert {row.state for row in rows} == {"pending"}
 
 
 async def test_a_key_revoked_mid_run_fails_tasks_in_flight_and_stops_submits() -> None:
@@ -486,3 +496,149 @@ async def test_an_empty_batch_yields_nothing(client: AsyncBanana2) -> None:
     assert await _collect(run) == []
     assert run.plan is not None
     assert run.plan.total == 0
+
+
+class Unreachable(httpx.AsyncBaseTransport):
+    """The simulator, except that a POST fails to connect while ``down`` holds (nothing is sent)."""
+
+    def __init__(self, sim: Simulator, down: Callable[[int], bool]) -> None:
+        self._inner = sim.transport()
+        self._down = down
+        self.posts = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            self.posts += 1
+            if self._down(self.posts):
+                raise httpx.ConnectError("connection refused", request=request)
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def test_a_server_that_cannot_be_reached_stops_the_run_early(sim: Simulator, tmp_path: Path) -> None:
+    """After a few submits in a row that could not connect, no more are tried; every row not sent is
+    unsubmitted, named with the address tried, and left pending for the next run."""
+    transport = Unreachable(sim, lambda _: True)
+    journal = tmp_path / "run.db"
+    prompts = _prompts(10)
+    async with AsyncBanana2(
+        sim.api_key, base_url="https://unreachable.test", transport=transport, max_retries=0, poll_interval=0.001
+    ) as client:
+        outcomes = await _collect(client.batch(prompts, concurrency=1, journal=journal))
+    assert transport.posts == UNREACHABLE_AFTER
+    assert _by_status(outcomes) == {"unsubmitted": 10}
+    assert all(isinstance(outcome.error, APIConnectionError) for outcome in outcomes)
+    halted = outcomes[-1].error
+    assert "could not reach https://unreachable.test" in str(halted)
+    assert f"{UNREACHABLE_AFTER} submits in a row were never sent (connect)" in str(halted)
+    rows = await read_journal(journal, [GenerationRequest(prompt=prompt) for prompt in prompts])
+    assert rows is not None
+    assert {row.state for row in rows} == {"pending"}
+    assert sim.stats.count() == 0
+
+
+async def test_a_flaky_connection_does_not_stop_the_run(sim: Simulator) -> None:
+    """Submits that cannot connect now and then, never a few in a row, cost their own rows only."""
+    transport = Unreachable(sim, lambda post: post % UNREACHABLE_AFTER != 0)
+    async with AsyncBanana2(
+        sim.api_key, base_url=sim.base_url, transport=transport, max_retries=0, poll_interval=0.001
+    ) as client:
+        outcomes = await _collect(client.batch(_prompts(6), concurrency=1))
+    assert _by_status(outcomes) == {"unsubmitted": 4, "succeeded": 2}
+    assert transport.posts == 6
+
+
+async def test_retry_failed_sends_again_only_rows_that_failed_on_the_server(tmp_path: Path) -> None:
+    """Rows whose task failed, or succeeded without images, are skipped by a rerun and planned as retryable;
+    with retry_failed=True they are sent (and paid for) again, and nothing else is."""
+    sim = Simulator(speed=1000, seed=14)
+    sim.inject(Fault.fail_task("content policy violation"), times=1)
+    sim.inject(Fault.empty_success([]), times=1)
+    prompts = _prompts(4)
+    journal = tmp_path / "run.db"
+    async with sim.client() as client:
+        first = await _collect(client.batch(prompts, concurrency=1, journal=journal))
+        assert _by_status(first) == {"failed": 2, "succeeded": 2}
+        assert {type(outcome.error) for outcome in first if not outcome.ok} == {TaskFailedError, EmptyResultError}
+
+        skipped = client.batch(prompts, journal=journal)
+        plan = await skipped.dry_run()
+        assert (plan.failed, plan.retryable, plan.retry_credits, plan.submit, plan.retry) == (2, 2, 40, 0, 0)
+        assert await _collect(skipped) == []
+
+        run = Batch(client, prompts, journal=journal, retry_failed=True)
+        plan = await run.dry_run()
+        assert (plan.submit, plan.retry, plan.retryable, plan.credits, plan.failed) == (2, 2, 0, 40, 0)
+        assert plan.retry_credits == 40
+        again = await _collect(run)
+    assert _by_status(again) == {"succeeded": 2}
+    assert {outcome.index for outcome in again} == {outcome.index for outcome in first if not outcome.ok}
+    failed_prompts = {outcome.request.prompt for outcome in first if not outcome.ok}
+    assert sim.stats.tasks_per_prompt == {prompt: 2 if prompt in failed_prompts else 1 for prompt in prompts}
+    rows = await read_journal(journal, [GenerationRequest(prompt=prompt) for prompt in prompts])
+    assert rows is not None
+    assert {row.state for row in rows} == {"succeeded"}
+    assert {row.consumed for row in rows} == {20}
+
+
+async def test_a_rejected_or_unknown_task_is_not_retried(sim: Simulator, tmp_path: Path) -> None:
+    """A 400 (no task) is not a failure on the server: retry_failed leaves it, and plans nothing for it."""
+    sim.inject(Fault.envelope_error(400, "prompt: not allowed"), on="generate", times=1)
+    journal = tmp_path / "run.db"
+    async with sim.client() as client:
+        await _collect(client.batch(["bad"], journal=journal))
+        plan = await Batch(client, ["bad"], journal=journal, retry_failed=True).dry_run()
+    assert (plan.failed, plan.retry, plan.retryable, plan.submit) == (1, 0, 0, 0)
+
+
+async def test_a_job_grows_by_its_keys_and_refuses_a_changed_paid_row(sim: Simulator, tmp_path: Path) -> None:
+    """Rows added to a job (known by their ids) are sent by the next run, the others not again; a row paid for
+    whose request changed under the same id stops the run before anything is sent, naming it."""
+    journal = tmp_path / "run.db"
+    requests = [GenerationRequest(prompt="a cat"), GenerationRequest(prompt="a dog")]
+    async with sim.client() as client:
+        await _collect(Batch(client, requests, journal=journal, keys=["cat", "dog"]))
+        grown = [GenerationRequest(prompt="a hen"), *requests]
+        run = Batch(client, grown, journal=journal, keys=["hen", "cat", "dog"])
+        assert (await run.dry_run()).submit == 1
+        (added,) = await _collect(run)
+        assert (added.index, added.status) == (0, "succeeded")
+
+        changed = [GenerationRequest(prompt="a hen"), GenerationRequest(prompt="a cat, blue"), requests[1]]
+        with pytest.raises(JournalError, match=r"row 2 \(id 'cat'\) 'a cat' \(succeeded, task .*changed") as caught:
+            await _collect(Batch(client, changed, journal=journal, keys=["hen", "cat", "dog"]))
+        assert caught.value.reason == "other-job"
+    assert sim.stats.tasks_per_prompt == {"a cat": 1, "a dog": 1, "a hen": 1}
+
+
+async def test_a_run_that_stops_sending_lets_go_of_submits_waiting_to_be_sent_again(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """When the run stops sending (the server cannot be reached), a submit waiting out a 503's Retry-After is not
+    sent again: its row is unsubmitted and pending, and the run ends without waiting for it."""
+    posts: list[str] = []
+
+    class Refusing(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            prompt = str(json.loads(request.content)["prompt"])
+            posts.append(prompt)
+            if prompt == "slow":
+                return httpx.Response(503, json={"code": 503, "message": "busy"}, headers={"Retry-After": "30"})
+            raise httpx.ConnectError("connection refused", request=request)
+
+    journal = tmp_path / "run.db"
+    prompts = ["slow", *_prompts(5)]
+    with anyio.fail_after(10):
+        async with AsyncBanana2(
+            sim.api_key, base_url="https://unreachable.test", transport=Refusing(), max_retries=1
+        ) as client:
+            outcomes = await _collect(client.batch(prompts, concurrency=4, journal=journal))
+    assert _by_status(outcomes) == {"unsubmitted": 6}
+    assert posts.count("slow") == 1
+    slow = next(outcome for outcome in outcomes if outcome.request.prompt == "slow")
+    assert "could not reach https://unreachable.test" in str(slow.error)
+    rows = await read_journal(journal, [GenerationRequest(prompt=prompt) for prompt in prompts])
+    assert rows is not None
+    assert {row.state for row in rows} == {"pending"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -16,9 +17,10 @@ import httpx
 import pytest
 from click.testing import CliRunner, Result
 
-from banana2_async import GenerationRequest, InvalidRequestError
+from banana2_async import GenerationRequest, InvalidRequestError, NotFoundError
 from banana2_async.cli import main
 from banana2_async.cli._app import JOURNAL_NAME, app
+from banana2_async.cli._common import cli_text, configure_logging
 from banana2_async.cli._demo import demo_requests
 from banana2_async.cli._inputs import parse_requests
 from banana2_async.testing import DEFAULT_API_KEY, DEFAULT_CREDITS, Fault, Simulator, SimulatorServer
@@ -71,9 +73,7 @@ def _prompts_file(tmp_path: Path, prompts: list[str], name: str = "prompts.txt")
 
 
 def _images(directory: Path) -> list[str]:
-    return sorted(
-        path.name for path in directory.iterdir() if not path.name.startswith(".") and "journal" not in path.name
-    )
+    return sorted(path.name for path in directory.iterdir() if path.suffix in (".png", ".jpg"))
 
 
 def test_generate_downloads_and_prints_json(env: dict[str, str | None], sim: Simulator, tmp_path: Path) -> None:
@@ -126,8 +126,8 @@ def test_status_and_a_failed_task(env: dict[str, str | None], sim: Simulator) ->
     done = _json(_invoke(["generate", "allowed", "--json", *FAST], env))
     info = _invoke(["status", done["task_id"], "--json"], env)
     assert info.exit_code == 0
-    assert _json(info)["status"] == "SUCCESS"
-    assert _json(info)["response"] == done["images"]
+    assert (_json(info)["status"], _json(info)["server_status"]) == ("succeeded", "SUCCESS")
+    assert _json(info)["images"] == done["images"]
 
 
 def test_wait_tracks_tasks_submitted_elsewhere(
@@ -352,6 +352,15 @@ def test_demo_runs_a_real_bulk_job_and_summarises_it(tmp_path: Path) -> None:
     for name in images:
         head = (out / name).read_bytes()[:8]
         assert head.startswith(b"\x89PNG" if name.endswith(".png") else b"\xff\xd8\xff")
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [record["row"] for record in records] == list(range(1, 10))
+    assert sorted(name for record in records for name in record["files"]) == images
+    # --json names the files as written (from the current directory); the manifest, from its own directory.
+    assert [{**record, "files": []} for record in _json(result)["outcomes"]] == [
+        {**record, "files": []} for record in records
+    ]
+    page = (out / "gallery.html").read_text(encoding="utf-8")
+    assert all(f'src="{name}"' in page for name in images)
     table = _invoke(["demo", "--count", "2", "--speed", "100", "--out", str(out)], {})
     assert table.exit_code == 0
     for label in ("Tasks", "Succeeded", "Failed", "Credits", "Requests sent", "Wall time"):
@@ -385,7 +394,7 @@ def test_many_failures_are_summarised(env: dict[str, str | None], sim: Simulator
     source = _prompts_file(tmp_path, [f"doomed {index}" for index in range(22)])
     result = _invoke(["batch", str(source), "--out", str(tmp_path / "out"), "--concurrency", "8", *FAST], env)
     assert result.exit_code == 1
-    assert result.stdout.count("✗ #") == 20
+    assert result.stdout.count("✗ row") == 20
     assert "… and 2 more (--json lists every one)" in result.stdout
 
 
@@ -428,9 +437,9 @@ def test_parse_requests() -> None:
     ]
     with pytest.raises(InvalidRequestError, match="holds no requests"):
         parse_requests(["", "  "])
-    with pytest.raises(InvalidRequestError, match=r"f.jsonl, line 2: not valid JSON"):
+    with pytest.raises(InvalidRequestError, match=r"f.jsonl, line 2, column 2: not valid JSON"):
         parse_requests(['{"prompt": "p"}', "{nope"], source="f.jsonl")
-    with pytest.raises(InvalidRequestError, match="line 2: a request must be a JSON object"):
+    with pytest.raises(InvalidRequestError, match="line 2: a line must be a request object or a prompt string"):
         parse_requests(['{"prompt": "p"}', "[1, 2]"])
     with pytest.raises(InvalidRequestError, match=r"line 1: .*unknown"):
         parse_requests(['{"prompt": "p", "unknown": 1}'])
@@ -470,9 +479,13 @@ def test_without_its_extra_the_command_says_what_to_install() -> None:
 
 
 def test_simulate_serves_until_terminated() -> None:
-    """banana2 simulate serves the API on loopback until SIGTERM, then exits 0."""
+    """banana2 simulate serves the API on loopback, for the key given with --api-key, until SIGTERM; exits 0."""
+    key = "sk-my-own-test-key"
     process = subprocess.Popen(
-        [sys.executable, "-m", "banana2_async.cli", "simulate", "--port", "0", "--seed", "1", "--credits", "20"],
+        [
+            *(sys.executable, "-m", "banana2_async.cli", "simulate"),
+            *("--port", "0", "--seed", "1", "--credits", "20", "--api-key", key),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -484,10 +497,114 @@ def test_simulate_serves_until_terminated() -> None:
         assert base_url.startswith("http://127.0.0.1:")
         with httpx.Client(base_url=base_url) as http:
             assert http.get("/api/status", params={"task_id": "x"}).status_code == 401
-            authorised = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}
+            default = {"Authorization": f"Bearer {DEFAULT_API_KEY}"}
+            assert http.post("/api/generate", json={"prompt": "p"}, headers=default).status_code == 401
+            authorised = {"Authorization": f"Bearer {key}"}
             assert http.post("/api/generate", json={"prompt": "p"}, headers=authorised).status_code == 200
             assert http.post("/api/generate", json={"prompt": "p"}, headers=authorised).status_code == 402
     finally:
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=30)
     assert process.returncode == 0
+
+
+TASK_KEYS = {"task_id", "status", "server_status", "type", "images", "files", "credits", "created_at", "error"}
+
+
+def test_every_json_task_has_one_shape(env: dict[str, str | None], sim: Simulator, tmp_path: Path) -> None:
+    """generate, edit, wait and status print a task with the same keys, failed ones and error documents too."""
+    generated = _json(_invoke(["generate", "a fox", "--out", str(tmp_path), "--json", *FAST], env))
+    edited = _json(_invoke(["edit", "at night", "--image", "https://example.com/a.png", "--json", *FAST], env))
+    waited = _json(_invoke(["wait", generated["task_id"], "--json", *FAST], env))["tasks"][0]
+    shown = _json(_invoke(["status", generated["task_id"], "--json"], env))
+    sim.inject(Fault.fail_task("nope"), times=1)
+    failed = _json(_invoke(["generate", "doomed", "--json", *FAST], env))
+    for document in (generated, edited, waited, shown):
+        assert set(document) == TASK_KEYS
+        assert (document["status"], document["server_status"], document["error"]) == ("succeeded", "SUCCESS", None)
+    assert set(failed) == TASK_KEYS
+    assert (failed["status"], failed["error"]["type"]) == ("failed", "TaskFailedError")
+    assert (edited["type"], edited["credits"]) == ("edit", 24)
+    assert generated["files"]
+    assert waited["files"] == []
+    assert shown["images"] == generated["images"] == waited["images"]
+
+
+def test_options_are_taken_as_the_sdk_takes_them(env: dict[str, str | None], sim: Simulator) -> None:
+    """--resolution 2K and --format JPG are 2k and jpeg, as in the SDK; a value the SDK refuses is a usage error
+    naming the choices."""
+    result = _invoke(["generate", "a fox", "--resolution", "2K", "--format", "JPG", *FAST], env)
+    assert result.exit_code == 0, result.output
+    (task,) = sim.tasks()[-1:]
+    assert (task.request["resolution"], task.request["output_format"]) == ("2k", "jpeg")
+    refused = _invoke(["generate", "a fox", "--resolution", "8k"], env)
+    assert refused.exit_code == 2
+    assert "'8k' is not one of 1k, 2k, 4k" in refused.stderr
+    assert "[1k|2k|4k]" in _invoke(["generate", "--help"], env).stdout
+
+
+def test_commands_offer_only_the_options_they_use(env: dict[str, str | None]) -> None:
+    """status waits for nothing, so it has no --poll-interval; the commands that wait have it."""
+    assert "--poll-interval" not in _invoke(["status", "--help"], env).stdout
+    refused = _invoke(["status", "some-task", "--poll-interval", "1"], env)
+    assert refused.exit_code == 2
+    assert "No such option" in refused.stderr
+    assert "--poll-interval" in refused.stderr
+    for command in ("generate", "edit", "wait", "batch"):
+        assert "--poll-interval" in _invoke([command, "--help"], env).stdout
+
+
+def test_bare_banana2_prints_its_help() -> None:
+    """banana2 with no command prints its help on stdout and exits 0."""
+    result = _invoke([], {})
+    assert result.exit_code == 0
+    assert "Commands:" in result.stdout
+    assert "batch" in result.stdout
+
+
+def test_messages_name_flags_public_classes_and_count_in_english(
+    env: dict[str, str | None], sim: Simulator, tmp_path: Path
+) -> None:
+    """Errors name public classes (banana2_async.NotFoundError) and CLI flags (--max-credits 40), never private
+    modules or Python arguments; one row is "1 task", not "1 tasks"."""
+    unknown = _invoke(["status", "no-such-task"], env)
+    assert "error: banana2_async.NotFoundError: 404" in unknown.stderr
+    one = _prompts_file(tmp_path, ["only one"])
+    planned = _invoke(["batch", str(one), "--out", str(tmp_path / "out"), "--dry-run"], env)
+    assert "1 task in the job; 1 to submit for 20 credits" in planned.stdout
+    assert "1 row" in planned.stdout
+    source = _prompts_file(tmp_path, ["one", "two", "three"], name="three.txt")
+    budget = _invoke(["batch", str(source), "--out", str(tmp_path / "out"), "--max-credits", "40"], env)
+    assert budget.exit_code == 2
+    assert "this run would cost 60 credits for 3 tasks, more than --max-credits 40; nothing was sent" in budget.stderr
+    sim.inject(Fault.server_error(after_create=True), on="generate", times=1)
+    uncertain = _invoke(["batch", str(one), "--out", str(tmp_path / "u"), *FAST], env)
+    again = _invoke(["batch", str(one), "--out", str(tmp_path / "u"), *FAST], env)
+    assert "1 request may have been paid for without an answer and is not sent again" in uncertain.stdout
+    assert "--resubmit-uncertain sends them anyway" in again.stdout
+    sdk = "not sent again unless resubmit_uncertain=True; more than max_credits=100; use another journal path"
+    assert cli_text(sdk) == (
+        "not sent again unless --resubmit-uncertain; more than --max-credits 100; use another --journal (or --out)"
+    )
+    everything = "".join(result.output + result.stderr for result in (unknown, planned, budget, uncertain, again))
+    for private in ("banana2_async._", "resubmit_uncertain=", "max_credits=", "1 tasks", "(s)"):
+        assert private not in everything
+
+
+def test_log_lines_name_an_error_without_its_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    """A logged error shows as one line naming its public class, unless -vv asks for the traceback."""
+    for verbose, traceback in ((0, False), (2, True)):
+        restore = configure_logging(verbose)
+        try:
+            try:
+                raise NotFoundError("task gone", status_code=404)
+            except NotFoundError:
+                logging.getLogger("banana2_async").exception("polling task t-1 failed unexpectedly")
+        finally:
+            restore()
+        err = capsys.readouterr().err
+        assert ("Traceback" in err) is traceback
+        if not traceback:
+            assert (
+                err == "banana2: polling task t-1 failed unexpectedly (banana2_async.NotFoundError: 404: task gone)\n"
+            )

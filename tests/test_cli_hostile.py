@@ -281,7 +281,8 @@ def test_ctrl_c_while_waiting_names_the_task(api: HostileAPI, terminal: bool, as
     assert f"banana2 wait {task_id}" in stderr
     assert "Traceback" not in stderr
     if as_json:
-        assert json.loads(stdout) == {"task_id": task_id, "status": "interrupted", "exit_code": 130}
+        document = json.loads(stdout)
+        assert (document["task_id"], document["status"], document["exit_code"]) == (task_id, "interrupted", 130)
 
 
 @pytest.mark.parametrize("kind", ["under-a-file", "sysfs"])
@@ -336,7 +337,8 @@ def _shows_no_key(result: Result) -> None:
 
 def test_no_form_of_the_key_reaches_the_output(api: HostileAPI, tmp_path: Path) -> None:
     """A server echoing the key (with / and +) verbatim, JSON-escaped, \\u-escaped and percent-encoded, in
-    errors, headers, task failures and task fields, never gets it onto stdout or stderr, with --json and -vv."""
+    errors, headers, task failures, task fields and result URLs, never gets it onto stdout or stderr (with --json
+    and -vv), nor into the manifest or the gallery."""
     env = _env(api)
     source = tmp_path / "prompts.txt"
     source.write_text("refused\nfails\necho\ngarbled\n", encoding="utf-8")
@@ -345,13 +347,16 @@ def test_no_form_of_the_key_reaches_the_output(api: HostileAPI, tmp_path: Path) 
         ["-vv", "generate", "fails", "--json", *FAST],
         ["-vv", "generate", "echo", "--out", str(tmp_path / "one"), *FAST],
         ["-vv", "generate", "fails", *FAST],
-        ["-vv", "batch", str(source), "--out", str(tmp_path / "out"), "--json", *FAST],
+        ["-vv", "batch", str(source), "--out", str(tmp_path / "out"), "--json", "--gallery", *FAST],
         ["-vv", "batch", str(source), "--out", str(tmp_path / "out2"), *FAST],
     ]
     for args in runs:
         result = _invoke(args, env)
         assert result.exit_code in (0, 1), result.output
         _shows_no_key(result)
+    for written in ("out/manifest.jsonl", "out/gallery.html", "out2/manifest.jsonl"):
+        text = (tmp_path / written).read_text(encoding="utf-8")
+        assert [form for form in key_forms(KEY) if form in text] == [], written
     echoed = next(task_id for task_id, prompt in api.tasks.items() if prompt == "echo")
     for args in (["-vv", "status", echoed, "--json"], ["status", echoed], ["-vv", "wait", echoed, "--json", *FAST]):
         result = _invoke(args, env)

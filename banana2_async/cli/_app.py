@@ -2,78 +2,124 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
-import secrets
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import TYPE_CHECKING, Any
 
-import anyio.to_thread
 import click
 from rich.text import Text
 
 from banana2_async._batch import DEFAULT_CONCURRENCY as BATCH_CONCURRENCY
-from banana2_async._batch import BatchOutcome, plan_batch
 from banana2_async._client import AsyncBanana2
 from banana2_async._exceptions import (
     AuthenticationError,
     Banana2Error,
     ClientClosedError,
     EmptyResultError,
-    InsufficientCreditsError,
     InvalidRequestError,
     TaskError,
     TaskTimeoutError,
 )
-from banana2_async._journal import read_journal
 from banana2_async._models import GenerationRequest, GenerationResult
 from banana2_async._types import ASPECT_RATIOS, OUTPUT_FORMATS, RESOLUTIONS
 from banana2_async._version import __version__
 
+from ._bulk import JOURNAL_NAME, BulkOptions, run_bulk
 from ._common import (
-    EXIT_CONFIG,
     EXIT_FAILED,
     EXIT_OK,
-    EXIT_USAGE,
     Output,
     api_options,
     configure_logging,
     error_json,
     make_client,
+    poll_option,
+    public_name,
     run_async,
+    task_json,
 )
-from ._inputs import parse_requests
-from ._render import BatchProgress, outcome_json, plan_json, print_problems, result_json, summary_table
+from ._formats import FORMATS, Format
+from ._gallery import GALLERY_NAME
+from ._manifest import MANIFEST_NAME
+from ._render import info_json, plural, result_json, summary_table
 
-__all__ = ["app"]
-
-JOURNAL_NAME = "banana2-journal.sqlite3"
+__all__ = ["JOURNAL_NAME", "app"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    invoke_without_command=True,
+)
 @click.version_option(__version__, prog_name="banana2")
 @click.option("-v", "--verbose", count=True, help="Log what the SDK does: -v warnings, -vv everything.")
-def app(verbose: int) -> None:
+@click.pass_context
+def app(context: click.Context, verbose: int) -> None:
     """Generate and edit images with the NanoBanana 2 API, run bulk jobs that resume without paying twice,
     and try it all offline with `banana2 demo`.
 
     The API key comes from --api-key or BANANA2_API_KEY and is never printed. Exit status: 0 all succeeded,
     1 some failed, 2 usage, 3 configuration or authentication.
     """
+    if context.invoked_subcommand is None:
+        click.echo(context.get_help())
+        context.exit(0)
     # Transient trouble the SDK absorbs (a 429, a dropped poll) is not news on a terminal unless asked for.
-    click.get_current_context().call_on_close(configure_logging(verbose))
+    context.call_on_close(configure_logging(verbose))
+
+
+if TYPE_CHECKING:
+    _ParamType = click.ParamType[str]
+else:
+    # Generic in click's types since 8.3, not before.
+    _ParamType = click.ParamType
+
+
+class _RequestValue(_ParamType):
+    """An option of a request, accepted as the SDK accepts it (``2K`` is ``2k``, ``jpg`` is ``jpeg``)."""
+
+    def __init__(self, field: str, choices: Sequence[str]) -> None:
+        self.name = field
+        self._field = field
+        self._choices = tuple(choices)
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str | None:
+        return f"[{'|'.join(self._choices)}]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return getattr(GenerationRequest(prompt="-", **{self._field: value}), self._field)
+        except InvalidRequestError:
+            self.fail(f"{value!r} is not one of {', '.join(self._choices)}", param, ctx)
+
+
+def _check_encoding(context: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            message = f"{value!r} is not an encoding Python knows (cp1252, latin-1, utf-16, ...)"
+            raise click.BadParameter(message) from None
+    return value
 
 
 def _task_options(function: Any) -> Any:
     function = click.option(
         "--out", type=click.Path(file_okay=False, path_type=Path), help="Download the images into this directory."
     )(function)
-    function = click.option("--format", "output_format", type=click.Choice(OUTPUT_FORMATS), help="Default: png.")(
+    function = click.option(
+        "--format",
+        "output_format",
+        type=_RequestValue("output_format", OUTPUT_FORMATS),
+        help="Default: png (jpg is jpeg).",
+    )(function)
+    function = click.option(
+        "--resolution", type=_RequestValue("resolution", RESOLUTIONS), help="Default: 1k (any case: 2K is 2k)."
+    )(function)
+    return click.option("--aspect-ratio", type=_RequestValue("aspect_ratio", ASPECT_RATIOS), help="Default: 1:1.")(
         function
     )
-    function = click.option("--resolution", type=click.Choice(RESOLUTIONS), help="Default: 1k.")(function)
-    return click.option("--aspect-ratio", type=click.Choice(ASPECT_RATIOS), help="Default: 1:1.")(function)
 
 
 # -- one task ------------------------------------------------------------------------------------
@@ -92,19 +138,20 @@ def _show_result(output: Output, result: GenerationResult, files: Sequence[Path]
 
 
 def _show_task_error(output: Output, exc: TaskError) -> None:
-    output.problem(f"task {exc.task_id} did not succeed: {type(exc).__name__}: {exc}")
+    output.problem(f"task {exc.task_id} did not succeed: {public_name(exc)}: {exc}")
     if isinstance(exc, (TaskTimeoutError, ClientClosedError)):
         # Not a verdict on the task: it may still finish, and it may be paid for.
         output.paid_task_hint()
     if output.as_json:
-        output.json({"task_id": exc.task_id, "status": "failed", "error": error_json(exc)})
+        credits = exc.consumed_credits if isinstance(exc, EmptyResultError) else None
+        output.json(task_json(exc.task_id, "failed", credits=credits, error=error_json(exc)))
 
 
 def _show_download_error(output: Output, result: GenerationResult, exc: Banana2Error) -> None:
-    output.problem(f"task {result.task_id} succeeded, but its images could not be saved: {type(exc).__name__}: {exc}")
+    output.problem(f"task {result.task_id} succeeded, but its images could not be saved: {public_name(exc)}: {exc}")
     output.note(f"its images: {' '.join(result.images)} (banana2 wait {result.task_id} --out DIR saves them)")
     if output.as_json:
-        output.json({**result_json(result), "status": "download-failed", "error": error_json(exc)})
+        output.json(result_json(result, status="failed", error=error_json(exc)))
 
 
 async def _one_task(output: Output, client: AsyncBanana2, request: GenerationRequest, out: Path | None) -> int:
@@ -140,6 +187,7 @@ async def _one_task(output: Output, client: AsyncBanana2, request: GenerationReq
 @click.argument("prompt")
 @_task_options
 @api_options
+@poll_option
 def generate(
     prompt: str,
     aspect_ratio: str | None,
@@ -168,6 +216,7 @@ def generate(
 @click.option("--image", "images", multiple=True, required=True, metavar="URL", help="A reference image URL (1 to 14).")
 @_task_options
 @api_options
+@poll_option
 def edit(
     prompt: str,
     images: tuple[str, ...],
@@ -200,15 +249,15 @@ def edit(
 @app.command()
 @click.argument("task_id")
 @api_options
-def status(task_id: str, api_key: str | None, base_url: str | None, poll_interval: float | None, as_json: bool) -> None:
+def status(task_id: str, api_key: str | None, base_url: str | None, as_json: bool) -> None:
     """Show a task as the server sees it now (one request, no waiting)."""
     output = Output(as_json=as_json, secret=api_key)
 
     async def main() -> int:
-        async with make_client(api_key, base_url, poll_interval) as client:
+        async with make_client(api_key, base_url) as client:
             info = await client.status(task_id)
         if output.as_json:
-            output.json(info.model_dump(mode="json"))
+            output.json(info_json(info))
         else:
             rows = [
                 ("Task", info.task_id),
@@ -232,6 +281,7 @@ def status(task_id: str, api_key: str | None, base_url: str | None, poll_interva
     "--out", type=click.Path(file_okay=False, path_type=Path), help="Download the images into this directory."
 )
 @api_options
+@poll_option
 def wait(
     task_ids: tuple[str, ...],
     out: Path | None,
@@ -256,14 +306,16 @@ def wait(
                     raise
                 except Banana2Error as exc:
                     failed += 1
-                    output.problem(f"task {handle.task_id} did not succeed: {type(exc).__name__}: {exc}")
-                    records.append({"task_id": handle.task_id, "status": "failed", "error": error_json(exc)})
+                    output.problem(f"task {handle.task_id} did not succeed: {public_name(exc)}: {exc}")
+                    records.append(task_json(handle.task_id, "failed", error=error_json(exc)))
                     continue
                 records.append(result_json(result, files))
                 if not output.as_json:
                     _show_result(output, result, files)
         if output.as_json:
             output.json({"tasks": records})
+        elif failed:
+            output.note(f"{plural(failed, 'task')} of {len(records)} did not succeed")
         return EXIT_FAILED if failed else EXIT_OK
 
     run_async(output, main)
@@ -273,12 +325,24 @@ def wait(
 
 
 @app.command()
-@click.argument("file", type=click.File("r", encoding="utf-8"))
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True, exists=True, path_type=str))
 @click.option(
     "--out",
     required=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Where the images go; the journal too, unless --journal says otherwise.",
+    help="Where the images go; the journal and the manifest too, unless --journal and --manifest say otherwise.",
+)
+@click.option(
+    "--format",
+    "input_format",
+    type=click.Choice(FORMATS),
+    help="The format of FILE. Default: from its extension (.csv .tsv .json .jsonl), else from its first line.",
+)
+@click.option(
+    "--encoding",
+    callback=_check_encoding,
+    metavar="NAME",
+    help="The encoding of FILE (cp1252, latin-1, ...). Default: UTF-8, or UTF-16/32 with a byte-order mark.",
 )
 @click.option(
     "--concurrency",
@@ -288,173 +352,82 @@ def wait(
     help="Tasks in flight at once.",
 )
 @click.option("--max-credits", type=click.IntRange(min=0), help="Refuse to start if the run would cost more.")
-@click.option("--dry-run", is_flag=True, help="Print the number of tasks and their cost; send nothing.")
+@click.option("--dry-run", is_flag=True, help="Show the rows as read, what the run would do and cost; send nothing.")
 @click.option(
     "--journal",
     type=click.Path(dir_okay=False, path_type=Path),
-    help=f"The run's journal. Default: OUT/{JOURNAL_NAME}; the same command again resumes.",
+    help=f"The job's journal. Default: OUT/{JOURNAL_NAME}; the same command again resumes (and grows) the job.",
 )
+@click.option(
+    "--manifest",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help=f"Where to write the results manifest, one JSON line per row. Default: OUT/{MANIFEST_NAME}.",
+)
+@click.option("--gallery", is_flag=True, help=f"Also write OUT/{GALLERY_NAME}, the images and their rows on a page.")
 @click.option(
     "--resubmit-uncertain",
     is_flag=True,
     help="Send again the requests of an earlier run that may have been paid for without an answer.",
 )
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="Send again (and pay again for) rows whose task failed on the server, or succeeded without images.",
+)
 @api_options
+@poll_option
 def batch(
-    file: IO[str],
+    file: str,
     out: Path,
+    input_format: Format | None,
+    encoding: str | None,
     concurrency: int,
     max_credits: int | None,
     dry_run: bool,
     journal: Path | None,
+    manifest: Path | None,
+    gallery: bool,
     resubmit_uncertain: bool,
+    retry_failed: bool,
     api_key: str | None,
     base_url: str | None,
     poll_interval: float | None,
     as_json: bool,
 ) -> None:
-    """Run every request in FILE, downloading the images into --out; run it again to resume.
+    """Run every row of FILE, downloading the images into --out; run it again to resume, or after adding rows.
 
-    FILE holds one prompt per line, or JSON Lines of request objects
-    ({"prompt": ..., "aspect_ratio": "16:9", "images": [...]}); "-" reads stdin.
+    \b
+    FILE ("-" reads stdin) is one of:
+      CSV or TSV  a header row, then a row per image: prompt (required), id, type,
+                  images (a JSON array, or URLs separated by |), aspect_ratio,
+                  resolution, output_format; meta_* columns are kept in the manifest
+      JSON        an array of request objects ({"prompt": ..., "resolution": "2k"}) or prompts
+      JSON Lines  one request object or prompt per line; blank and # lines skipped
+      text        one prompt per line
+
+    Rows are known by their id, else by their content: rows added to FILE are sent by the next run,
+    rows finished are not sent again. After each run OUT/manifest.jsonl says what became of every row.
     """
     output = Output(as_json=as_json, secret=api_key)
-    journal_path = journal if journal is not None else out / JOURNAL_NAME
+    options = BulkOptions(
+        file=file,
+        out=out,
+        concurrency=concurrency,
+        max_credits=max_credits,
+        dry_run=dry_run,
+        journal=journal,
+        manifest=manifest,
+        gallery=gallery,
+        resubmit_uncertain=resubmit_uncertain,
+        retry_failed=retry_failed,
+        input_format=input_format,
+        encoding=encoding,
+    )
 
     async def main() -> int:
-        requests = parse_requests(file, source=getattr(file, "name", "FILE"))
-        if dry_run:
-            return await _dry_run(output, requests, journal_path, max_credits, resubmit_uncertain)
-        client = make_client(api_key, base_url, poll_interval)
-        # Before anything is paid for: images that cannot be saved would be paid for in vain.
-        await anyio.to_thread.run_sync(_check_writable, out)
-        async with client:
-            progress = BatchProgress(output.err, total=len(requests), enabled=output.live)
-            run = client.batch(
-                requests,
-                concurrency=concurrency,
-                journal=journal_path,
-                max_credits=max_credits,
-                resubmit_uncertain=resubmit_uncertain,
-                dest_dir=out,
-                on_event=progress,
-            )
-            started = time.perf_counter()
-            async with run:
-                assert run.plan is not None
-                plan = run.plan
-                progress.begin(done=plan.succeeded + plan.failed)
-                with progress:
-                    progress.note(_plan_line(plan.total, plan.submit, plan.credits, plan.track, plan.succeeded))
-                    outcomes = [outcome async for outcome in run]
-            wall = time.perf_counter() - started
-        tally = progress.tally
-        summary = {
-            "tasks": plan.total,
-            "succeeded": plan.succeeded + tally.succeeded,
-            "failed": plan.failed + tally.failed,
-            "uncertain": tally.uncertain,
-            "unsubmitted": tally.unsubmitted,
-            "submitted": tally.submitted,
-            "credits": tally.credits,
-            "wall_time_seconds": round(wall, 2),
-            "journal": str(journal_path),
-            "out": str(out),
-        }
-        if output.as_json:
-            output.json({"plan": plan_json(plan), "summary": summary, "outcomes": [outcome_json(o) for o in outcomes]})
-        else:
-            _show_batch(output, summary, outcomes)
-        if any(isinstance(outcome.error, AuthenticationError) for outcome in outcomes):
-            output.problem("the API key was refused; nothing more was sent")
-            return EXIT_CONFIG
-        return EXIT_OK if summary["succeeded"] == summary["tasks"] else EXIT_FAILED
+        return await run_bulk(output, options, lambda: make_client(api_key, base_url, poll_interval))
 
     run_async(output, main, interrupted="interrupted; the journal keeps the run: the same command resumes it")
-
-
-def _check_writable(out: Path) -> None:
-    """Refuse an --out directory that cannot be made or written to (a file is made there, then removed)."""
-    probe = out / f".banana2-probe-{secrets.token_hex(4)}"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe.touch(exist_ok=False)
-        probe.unlink()
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise InvalidRequestError(
-            f"--out {str(out)!r} cannot be written to ({reason}): the images would have nowhere to go; "
-            "nothing was sent",
-            field="out",
-        ) from None
-
-
-def _plan_line(total: int, submit: int, credits: int, track: int, done: int) -> str:
-    parts = [f"{total} tasks in the job"]
-    if done:
-        parts.append(f"{done} finished earlier")
-    if track:
-        parts.append(f"{track} of an earlier run to wait for")
-    parts.append(f"{submit} to submit for {credits} credits")
-    return "; ".join(parts)
-
-
-async def _dry_run(
-    output: Output,
-    requests: list[GenerationRequest],
-    journal: Path,
-    max_credits: int | None,
-    resubmit_uncertain: bool,
-) -> int:
-    rows = await read_journal(journal, requests)
-    plan = plan_batch(requests, rows, resubmit_uncertain=resubmit_uncertain)
-    refused = max_credits is not None and plan.credits > max_credits
-    if output.as_json:
-        output.json({"dry_run": True, "plan": plan_json(plan), "max_credits": max_credits, "refused": refused})
-    else:
-        output.out.print(
-            Text(_plan_line(plan.total, plan.submit, plan.credits, plan.track, plan.succeeded + plan.failed))
-        )
-        if plan.uncertain:
-            output.out.print(Text(f"{plan.uncertain} may have been paid for already and will not be sent again"))
-        output.out.print(Text("dry run: nothing was sent"))
-    if refused:
-        output.problem(f"the run would cost {plan.credits} credits, more than --max-credits {max_credits}")
-        return EXIT_USAGE
-    return EXIT_OK
-
-
-def _show_batch(output: Output, summary: dict[str, Any], outcomes: Sequence[BatchOutcome]) -> None:
-    print_problems(output.out, outcomes)
-    rows = [
-        ("Tasks", str(summary["tasks"])),
-        ("Succeeded", str(summary["succeeded"])),
-        ("Failed", str(summary["failed"])),
-    ]
-    if summary["uncertain"]:
-        rows.append(("Uncertain", str(summary["uncertain"])))
-    if summary["unsubmitted"]:
-        rows.append(("Not submitted", str(summary["unsubmitted"])))
-    rows += [
-        ("Submitted now", f"{summary['submitted']} ({summary['credits']} credits)"),
-        ("Wall time", f"{summary['wall_time_seconds']:.1f} s"),
-    ]
-    output.out.print(summary_table("banana2 batch", rows))
-    output.out.print(Text(f"Images in {summary['out']}/ · journal {summary['journal']}"), soft_wrap=True)
-    if any(isinstance(outcome.error, InsufficientCreditsError) for outcome in outcomes):
-        output.out.print(
-            Text(
-                f"{summary['unsubmitted']} request(s) were not sent: the account ran out of credits. "
-                "Top up, then run the same command again to resume."
-            )
-        )
-    if summary["uncertain"]:
-        output.out.print(
-            Text(
-                f"{summary['uncertain']} request(s) may have been paid for without an answer and are not sent again. "
-                "Check your account; --resubmit-uncertain sends them anyway."
-            )
-        )
 
 
 # -- offline ----------------------------------------------------------------------------------------
@@ -466,11 +439,19 @@ def _show_batch(output: Output, summary: dict[str, Any], outcomes: Sequence[Batc
 @click.option("--credits", type=click.IntRange(min=0), default=None, help="The account's credits.")
 @click.option("--speed", type=click.FloatRange(min=0.001), default=1.0, show_default=True, help="Divide task times.")
 @click.option("--seed", type=int, default=None, help="Seed latencies and task ids, for repeatable runs.")
-def simulate(host: str, port: int, credits: int | None, speed: float, seed: int | None) -> None:
+@click.option(
+    "--api-key",
+    default=None,
+    metavar="KEY",
+    help="The API key the simulator accepts (it prints it). Default: the simulator's own test key.",
+)
+def simulate(host: str, port: int, credits: int | None, speed: float, seed: int | None, api_key: str | None) -> None:
     """Serve the offline simulator of the API until Ctrl-C; point --base-url at it."""
     from banana2_async.testing.__main__ import main as serve
 
     argv = ["serve", "--host", host, "--port", str(port), "--speed", str(speed)]
+    if api_key is not None:
+        argv += ["--api-key", api_key]
     if credits is not None:
         argv += ["--credits", str(credits)]
     if seed is not None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import IO, Any, Final, NoReturn, TypeVar
 
 import anyio
@@ -30,10 +31,14 @@ __all__ = [
     "EXIT_USAGE",
     "Output",
     "api_options",
+    "cli_text",
     "configure_logging",
     "error_json",
     "make_client",
+    "poll_option",
+    "public_name",
     "run_async",
+    "task_json",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -45,6 +50,36 @@ EXIT_CONFIG: Final = 3
 EXIT_INTERRUPTED: Final = 130
 
 _SURROGATES: Final = re.compile("[\ud800-\udfff]")
+# The SDK's messages name its arguments; on the command line the same advice names the flags.
+_AS_FLAGS: Final = (
+    (re.compile(r"\bresubmit_uncertain=True\b"), "--resubmit-uncertain"),
+    (re.compile(r"\bretry_failed=True\b"), "--retry-failed"),
+    (re.compile(r"\bmax_credits=(\d+)"), r"--max-credits \1"),
+    (re.compile(r"\bmax_credits\b"), "--max-credits"),
+    (re.compile(r"use another journal path"), "use another --journal (or --out)"),
+    (re.compile(r"within submit_timeout \(([^)]*)\)"), r"within \1"),
+    (re.compile(r" \(max_concurrent_submits\)"), ""),
+)
+# Errors about what the user gave (a file, a flag, a key): their message says it all, without a class name.
+_USAGE_ERRORS: Final = (ConfigurationError, InvalidRequestError, JournalError)
+
+
+def cli_text(message: str) -> str:
+    """An SDK message as the command line says it: flags where the SDK names its arguments."""
+    for pattern, replacement in _AS_FLAGS:
+        message = pattern.sub(replacement, message)
+    return message
+
+
+def public_name(exc: BaseException) -> str:
+    """The name by which an error's class is imported: ``banana2_async.NotFoundError``, never a private module."""
+    cls = type(exc)
+    package = cls.__module__.split(".")[0]
+    if package == "builtins":
+        return cls.__qualname__
+    if getattr(sys.modules.get(package), cls.__name__, None) is cls:
+        return f"{package}.{cls.__name__}"
+    return cls.__name__
 
 
 class _Scrubbed:
@@ -121,7 +156,7 @@ class Output:
 
     def problem(self, message: str) -> None:
         """Say what went wrong, on stderr, as plain text."""
-        self.err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+        self.err.print(f"error: {cli_text(message)}", markup=False, highlight=False, soft_wrap=True)
 
     def note(self, message: str) -> None:
         """A line on stderr, plain text, whatever stderr is."""
@@ -144,17 +179,21 @@ class Output:
 _active_scrubbers: list[_Scrubbed] = []
 
 
-def api_options(function: F) -> F:
-    """The options of every command that talks to the API."""
-    function = click.option(
-        "--json", "as_json", is_flag=True, help="Print one machine-readable JSON document on stdout."
-    )(function)
-    function = click.option(
+def poll_option(function: F) -> F:
+    """``--poll-interval``, for the commands that wait for tasks."""
+    return click.option(
         "--poll-interval",
         type=click.FloatRange(min=0.001),
         default=None,
         metavar="SECONDS",
         help="Seconds between two polls of a task. Default: 2-3, jittered, as the API recommends.",
+    )(function)
+
+
+def api_options(function: F) -> F:
+    """The options of every command that talks to the API: the key, the address, ``--json``."""
+    function = click.option(
+        "--json", "as_json", is_flag=True, help="Print one machine-readable JSON document on stdout."
     )(function)
     function = click.option(
         "--base-url",
@@ -171,6 +210,21 @@ def api_options(function: F) -> F:
         show_default=False,
         help="Your API key. It is never printed.",
     )(function)
+
+
+class _Formatter(logging.Formatter):
+    """``banana2: message``; an error's traceback only when everything is logged (``-vv``), else its class
+    (by its public name) and message."""
+
+    def __init__(self, *, tracebacks: bool) -> None:
+        super().__init__("banana2: %(message)s")
+        self._tracebacks = tracebacks
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self._tracebacks or not record.exc_info or record.exc_info[1] is None:
+            return cli_text(super().format(record))
+        exc = record.exc_info[1]
+        return cli_text(f"banana2: {record.getMessage()} ({public_name(exc)}: {exc})")
 
 
 class _StderrHandler(logging.Handler):
@@ -194,7 +248,7 @@ def configure_logging(verbose: int) -> Callable[[], None]:
     """
     logger = logging.getLogger("banana2_async")
     handler = _StderrHandler({0: logging.ERROR, 1: logging.WARNING}.get(verbose, logging.DEBUG))
-    handler.setFormatter(logging.Formatter("banana2: %(message)s"))
+    handler.setFormatter(_Formatter(tracebacks=verbose >= 2))
     previous = logger.level
     logger.addHandler(handler)
     if verbose:
@@ -207,7 +261,7 @@ def configure_logging(verbose: int) -> Callable[[], None]:
     return restore
 
 
-def make_client(api_key: str | None, base_url: str | None, poll_interval: float | None) -> AsyncBanana2:
+def make_client(api_key: str | None, base_url: str | None, poll_interval: float | None = None) -> AsyncBanana2:
     """The client of a command.
 
     Raises:
@@ -220,8 +274,39 @@ def make_client(api_key: str | None, base_url: str | None, poll_interval: float 
 
 
 def error_json(exc: BaseException) -> dict[str, str]:
-    """An error as JSON: its type and message."""
-    return {"type": type(exc).__name__, "message": str(exc)}
+    """An error as JSON: its class (a name in ``banana2_async`` for the SDK's errors) and message."""
+    return {"type": type(exc).__name__, "message": cli_text(str(exc))}
+
+
+def task_json(
+    task_id: str,
+    status: str,
+    *,
+    server_status: str | None = None,
+    task_type: str | None = None,
+    images: Sequence[str] = (),
+    files: Sequence[str | os.PathLike[str]] = (),
+    credits: int | None = None,
+    created_at: str | None = None,
+    error: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """A task as every ``--json`` output shows it (generate, edit, wait, status, and the error documents).
+
+    ``status`` is ``succeeded``, ``failed``, ``running``, ``unknown`` (a status
+    the SDK does not know) or ``interrupted``; ``server_status`` the server's
+    own word. Every key is always there.
+    """
+    return {
+        "task_id": task_id,
+        "status": status,
+        "server_status": server_status,
+        "type": task_type,
+        "images": list(images),
+        "files": [str(path) for path in files],
+        "credits": credits,
+        "created_at": created_at,
+        "error": None if error is None else dict(error),
+    }
 
 
 def run_async(output: Output, main: Callable[[], Awaitable[int]], *, interrupted: str = "interrupted") -> NoReturn:
@@ -239,7 +324,7 @@ def run_async(output: Output, main: Callable[[], Awaitable[int]], *, interrupted
         code = EXIT_INTERRUPTED
         output.paid_task_hint()
         if output.as_json and output.task_id is not None:
-            output.json({"task_id": output.task_id, "status": "interrupted", "exit_code": code})
+            output.json({**task_json(output.task_id, "interrupted"), "exit_code": code})
     except (ConfigurationError, AuthenticationError) as exc:
         code = _report(output, exc, EXIT_CONFIG)
     except (InvalidRequestError, JournalError) as exc:
@@ -254,11 +339,11 @@ def run_async(output: Output, main: Callable[[], Awaitable[int]], *, interrupted
 
 
 def _report(output: Output, exc: Exception, code: int) -> int:
-    output.problem(str(exc) if isinstance(exc, Banana2Error) else f"{type(exc).__name__}: {exc}")
+    output.problem(str(exc) if isinstance(exc, _USAGE_ERRORS) else f"{public_name(exc)}: {exc}")
     output.paid_task_hint()
     if output.as_json:
         document: dict[str, Any] = {"error": error_json(exc), "exit_code": code}
         if output.task_id is not None:
-            document = {"task_id": output.task_id, "status": "failed", **document}
+            document = {**task_json(output.task_id, "failed", error=error_json(exc)), "exit_code": code}
         output.json(document)
     return code

@@ -3,6 +3,8 @@
 Nothing here is staged: the simulator runs each task on its latency model,
 the SDK polls it every 2-3 s like the real API, a few transient faults are
 injected for the SDK to absorb, and the images are real PNG and JPEG files.
+The run leaves what ``banana2 batch`` leaves: a manifest, and a gallery to
+open in a browser.
 """
 
 from __future__ import annotations
@@ -11,12 +13,17 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
+import anyio.to_thread
+
 from banana2_async._client import AsyncBanana2
 from banana2_async._models import GenerationRequest
 from banana2_async.testing import Fault, FaultRule, Simulator
 
 from ._common import EXIT_FAILED, EXIT_OK, Output
-from ._render import BatchProgress, outcome_json, print_problems, summary_table
+from ._gallery import GALLERY_NAME, write_gallery
+from ._inputs import InputRow
+from ._manifest import MANIFEST_NAME, job_records, write_manifest
+from ._render import BatchProgress, plural, print_problems, summary_table
 
 __all__ = ["DEFAULT_CONCURRENCY", "DEFAULT_COUNT", "demo_requests", "run_demo"]
 
@@ -87,7 +94,7 @@ async def run_demo(output: Output, *, out: Path, count: int, concurrency: int, s
         requests = demo_requests(count, server.base_url)
         if output.live:
             output.err.print(
-                f"Running {count} tasks against the NanoBanana 2 simulator at {server.base_url} "
+                f"Running {plural(count, 'task')} against the NanoBanana 2 simulator at {server.base_url} "
                 f"(no key, no network), {concurrency} at a time, polling every 2-3 s.",
                 markup=False,
                 highlight=False,
@@ -101,9 +108,15 @@ async def run_demo(output: Output, *, out: Path, count: int, concurrency: int, s
             with progress:
                 outcomes = [outcome async for outcome in run]
         wall = time.perf_counter() - started
+    job = [InputRow(index + 1, index + 1, request) for index, request in enumerate(requests)]
+    records = job_records(job, None, {outcome.index: outcome for outcome in outcomes})
+    manifest, gallery = out / MANIFEST_NAME, out / GALLERY_NAME
+    await anyio.to_thread.run_sync(write_manifest, manifest, records)
+    await anyio.to_thread.run_sync(lambda: write_gallery(gallery, records, title="banana2 demo"))
     stats = simulator.stats
     tally = progress.tally
-    api_requests = stats.count("generate") + stats.count("status")
+    submits, polls = stats.count("generate"), stats.count("status")
+    api_requests = submits + polls
     summary = {
         "tasks": len(requests),
         "succeeded": tally.succeeded,
@@ -116,9 +129,11 @@ async def run_demo(output: Output, *, out: Path, count: int, concurrency: int, s
         "faults_absorbed": sum(rule.fired for rule in faults),
         "wall_time_seconds": round(wall, 2),
         "out": str(out),
+        "manifest": str(manifest),
+        "gallery": str(gallery),
     }
     if output.as_json:
-        output.json({"summary": summary, "outcomes": [outcome_json(outcome) for outcome in outcomes]})
+        output.json({"summary": summary, "outcomes": records})
     else:
         print_problems(output.out, outcomes)
         rows = [
@@ -126,11 +141,11 @@ async def run_demo(output: Output, *, out: Path, count: int, concurrency: int, s
             ("Succeeded", str(summary["succeeded"])),
             ("Failed", str(summary["failed"])),
             ("Credits", str(summary["credits"])),
-            ("Requests sent", f"{api_requests} ({summary['submits']} submits, {summary['polls']} polls)"),
+            ("Requests sent", f"{api_requests} ({plural(submits, 'submit')}, {plural(polls, 'poll')})"),
             ("Images downloaded", str(summary["images"])),
             ("Transient faults absorbed", str(summary["faults_absorbed"])),
             ("Wall time", f"{wall:.1f} s"),
         ]
         output.out.print(summary_table("banana2 demo", rows))
-        output.out.print(f"Images in {out}/", markup=False, highlight=False)
+        output.out.print(f"Images in {out}/ · open {gallery} in a browser to see them", markup=False, highlight=False)
     return EXIT_OK if summary["failed"] == 0 else EXIT_FAILED

@@ -1,4 +1,4 @@
-"""How the command line shows things: a live progress bar of a bulk run, tables, JSON records."""
+"""How the command line shows things: a live progress bar of a bulk run, tables, a task as JSON."""
 
 from __future__ import annotations
 
@@ -14,19 +14,35 @@ from rich.table import Table
 from rich.text import Text
 
 from banana2_async._batch import BatchEvent, BatchOutcome, BatchPlan
-from banana2_async._models import GenerationResult
+from banana2_async._models import GenerationResult, TaskInfo
 
-from ._common import error_json
+from ._common import cli_text, task_json
 
-__all__ = ["BatchProgress", "Tally", "outcome_json", "plan_json", "print_problems", "result_json", "summary_table"]
+__all__ = [
+    "BatchProgress",
+    "Tally",
+    "info_json",
+    "plan_json",
+    "plural",
+    "print_problems",
+    "result_json",
+    "short",
+    "summary_table",
+]
 
 _PROBLEMS_SHOWN: Final = 20
 _PROMPT_SHOWN: Final = 48
 
 
-def _short(text: str, limit: int = _PROMPT_SHOWN) -> str:
+def short(text: str, limit: int = _PROMPT_SHOWN) -> str:
+    """``text`` on one line, cut to ``limit`` characters."""
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``1 task``, ``2 tasks``."""
+    return f"{count} {word if count == 1 else many or word + 's'}"
 
 
 @dataclass
@@ -71,10 +87,11 @@ class BatchProgress:
     them in `tally` either way.
     """
 
-    __slots__ = ("_progress", "_task", "_title", "_total", "tally")
+    __slots__ = ("_earlier", "_progress", "_task", "_title", "_total", "tally")
 
     def __init__(self, console: Console, *, total: int, enabled: bool, title: str = "Generating") -> None:
         self.tally = Tally()
+        self._earlier = (0, 0)
         self._total = total
         self._title = title
         self._task: TaskID | None = None
@@ -90,10 +107,15 @@ class BatchProgress:
                 console=console,
             )
 
-    def begin(self, *, done: int = 0) -> None:
-        """Show the bar, with ``done`` requests already finished (by an earlier run)."""
-        if self._progress is not None and self._task is None:
-            self._task = self._progress.add_task(self._title, total=self._total, completed=done, detail="")
+    def begin(self, *, succeeded: int = 0, failed: int = 0) -> None:
+        """Show the bar, with the rows of the job an earlier run finished counted in."""
+        if self._task is not None:
+            return
+        self._earlier = (succeeded, failed)
+        if self._progress is not None:
+            self._task = self._progress.add_task(
+                self._title, total=self._total, completed=succeeded + failed, detail=self._detail()
+            )
 
     def __enter__(self) -> BatchProgress:
         self.begin()
@@ -107,18 +129,23 @@ class BatchProgress:
         if self._progress is not None:
             self._progress.stop()
 
+    def _detail(self) -> str:
+        tally = self.tally
+        succeeded, failed = self._earlier
+        parts = [f"[green]✓ {succeeded + tally.succeeded}[/]"]
+        not_ok = failed + tally.failed + tally.uncertain + tally.unsubmitted
+        if not_ok:
+            parts.append(f"[red]✗ {not_ok}[/]")
+        parts.append(f"{len(tally.in_flight)} in flight")
+        parts.append(plural(tally.polls, "poll"))
+        return " · ".join(parts)
+
     def __call__(self, event: BatchEvent) -> None:
         self.tally.add(event)
         if self._progress is None or self._task is None:
             return
-        tally = self.tally
-        parts = [f"[green]✓ {tally.succeeded}[/]"]
-        if tally.failed or tally.uncertain or tally.unsubmitted:
-            parts.append(f"[red]✗ {tally.failed + tally.uncertain + tally.unsubmitted}[/]")
-        parts.append(f"{len(tally.in_flight)} in flight")
-        parts.append(f"{tally.polls} polls")
         advance = 1 if event.outcome is not None else 0
-        self._progress.update(self._task, advance=advance, detail=" · ".join(parts))
+        self._progress.update(self._task, advance=advance, detail=self._detail())
 
     def note(self, message: str) -> None:
         """A line above the bar (or nothing, when there is no bar)."""
@@ -126,28 +153,40 @@ class BatchProgress:
             self._progress.console.print(message, markup=False, highlight=False)
 
 
-def result_json(result: GenerationResult, files: Sequence[Path] = ()) -> dict[str, Any]:
-    """A finished task as JSON."""
-    return {
-        "task_id": result.task_id,
-        "status": "succeeded",
-        "images": list(result.images),
-        "files": [str(path) for path in files],
+def result_json(result: GenerationResult, files: Sequence[Path] = (), **extra: Any) -> dict[str, Any]:
+    """A finished task as JSON (`task_json`); ``extra`` overrides its fields (a failed download, say)."""
+    fields: dict[str, Any] = {
+        "server_status": result.info.status,
+        "task_type": result.type,
+        "images": result.images,
+        "files": files,
         "credits": result.consumed_credits,
+        "created_at": result.created_at,
     }
+    fields.update(extra)
+    status = fields.pop("status", "succeeded")
+    return task_json(result.task_id, status, **fields)
 
 
-def outcome_json(outcome: BatchOutcome) -> dict[str, Any]:
-    """One outcome of a bulk run as JSON."""
-    return {
-        "index": outcome.index,
-        "prompt": outcome.request.prompt,
-        "status": outcome.status,
-        "task_id": outcome.task_id,
-        "images": list(outcome.result.images) if outcome.result is not None else [],
-        "files": [str(path) for path in outcome.files],
-        "error": error_json(outcome.error) if outcome.error is not None else None,
-    }
+_STATES: Final = {"success": "succeeded", "failed": "failed", "running": "running", "unknown": "unknown"}
+
+
+def info_json(info: TaskInfo) -> dict[str, Any]:
+    """A task as the server sees it now, as JSON (`task_json`)."""
+    status = _STATES[info.state]
+    error = None
+    if status == "failed":
+        error = {"type": "TaskFailedError", "message": info.error_detail or f"the server reports {info.status}"}
+    return task_json(
+        info.task_id,
+        status,
+        server_status=info.status,
+        task_type=info.type,
+        images=info.images,
+        credits=info.consumed_credits,
+        created_at=info.created_at,
+        error=error,
+    )
 
 
 def plan_json(plan: BatchPlan) -> dict[str, int]:
@@ -159,6 +198,9 @@ def plan_json(plan: BatchPlan) -> dict[str, int]:
         "uncertain": plan.uncertain,
         "already_succeeded": plan.succeeded,
         "already_failed": plan.failed,
+        "to_retry": plan.retry,
+        "retryable": plan.retryable,
+        "retry_credits": plan.retry_credits,
         "credits": plan.credits,
         "job_credits": plan.job_credits,
     }
@@ -178,11 +220,11 @@ def print_problems(console: Console, outcomes: Sequence[BatchOutcome]) -> None:
     """One line per request that did not succeed (the first few), saying why."""
     problems = [outcome for outcome in outcomes if not outcome.ok]
     for outcome in problems[:_PROBLEMS_SHOWN]:
-        reason = f"{type(outcome.error).__name__}: {outcome.error}" if outcome.error is not None else ""
+        reason = f"{type(outcome.error).__name__}: {cli_text(str(outcome.error))}" if outcome.error else ""
         line = Text()
-        line.append(f"✗ #{outcome.index} {outcome.status}", style="red")
-        line.append(f"  {_short(outcome.request.prompt)}  ")
-        line.append(_short(reason, 160), style="dim")
+        line.append(f"✗ row {outcome.index + 1} {outcome.status}", style="red")
+        line.append(f"  {short(outcome.request.prompt)}  ")
+        line.append(short(reason, 160), style="dim")
         console.print(line, soft_wrap=True)
     if len(problems) > _PROBLEMS_SHOWN:
         console.print(f"… and {len(problems) - _PROBLEMS_SHOWN} more (--json lists every one)", markup=False)
