@@ -6,7 +6,7 @@ import math
 import re
 import struct
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -198,18 +198,74 @@ async def test_a_body_that_is_not_a_json_object_gets_400(http: httpx.AsyncClient
     assert "body" in response.json()["message"]
 
 
-async def test_other_callers_spellings_are_accepted(http: httpx.AsyncClient, sim: Simulator) -> None:
-    """Values the API takes in other spellings ('2K', 'JPG', 'EDIT') are accepted and normalised."""
-    task_id = await _submit(
-        http, type="EDIT", images=["https://example.com/cat.jpg"], resolution="2K", output_format="JPG"
-    )
-    assert sim.task(task_id).request == {
+DOCUMENTED_VALUES = [
+    *(("aspect_ratio", ratio) for ratio in ("1:1", "3:2", "2:3", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")),
+    *(("resolution", resolution) for resolution in ("1k", "2k", "4k")),
+    *(("output_format", output_format) for output_format in ("png", "jpeg")),
+    ("type", "text-to-image"),
+]
+
+UNDOCUMENTED_SPELLINGS = [
+    ("resolution", "2K"),
+    ("resolution", " 1k"),
+    ("output_format", "jpg"),
+    ("output_format", "JPG"),
+    ("output_format", "PNG"),
+    ("aspect_ratio", " 16:9 "),
+    ("aspect_ratio", "16/9"),
+    ("type", "Text-To-Image"),
+    ("type", "EDIT"),
+]
+
+
+async def test_every_documented_value_is_accepted_as_sent(http: httpx.AsyncClient, sim: Simulator) -> None:
+    """Each documented value of type, aspect_ratio, resolution and output_format answers 200 and is kept as sent."""
+    for field, value in DOCUMENTED_VALUES:
+        task_id = await _submit(http, **{field: value})
+        assert sim.task(task_id).request == {"prompt": "a red fox", field: value}
+    edit = await _submit(http, type="edit", images=["https://example.com/cat.jpg"])
+    assert sim.task(edit).type == "edit"
+
+
+@pytest.mark.parametrize(("field", "value"), UNDOCUMENTED_SPELLINGS)
+async def test_undocumented_spellings_get_400_naming_the_field(
+    http: httpx.AsyncClient, sim: Simulator, field: str, value: str
+) -> None:
+    """A spelling the SDK would normalise ('2K', 'jpg', ' 16:9 ', 'EDIT') answers 400 naming the field; no charge."""
+    body: dict[str, Any] = {"prompt": "a red fox", field: value}
+    if value.lower() == "edit":
+        body["images"] = ["https://example.com/cat.jpg"]
+    response = await http.post("/api/generate", json=body)
+    assert response.status_code == 400
+    assert response.json()["code"] == 400
+    assert response.json()["message"].startswith(f"{field}: ")
+    assert sim.stats.tasks_created == 0
+    assert sim.credits() == testing.DEFAULT_CREDITS
+
+
+async def test_the_sdks_normalised_requests_are_accepted() -> None:
+    """The SDK sends '2K', 'jpg', ' 16:9 ' and 'EDIT' as documented values, which the simulator accepts."""
+    sim = Simulator(speed=math.inf)
+    async with sim.client() as client:
+        image = await client.generate(
+            "a red fox",
+            aspect_ratio=cast(Any, " 16:9 "),
+            resolution=cast(Any, "2K"),
+            output_format=cast(Any, "jpg"),
+        )
+        edit = await client.generate("a tiger", type=cast(Any, "EDIT"), images=["https://example.com/cat.jpg"])
+    assert sim.task(image.task_id).request == {
         "prompt": "a red fox",
-        "type": "edit",
-        "images": ["https://example.com/cat.jpg"],
+        "aspect_ratio": "16:9",
         "resolution": "2k",
         "output_format": "jpeg",
     }
+    assert sim.task(edit.task_id).request == {
+        "prompt": "a tiger",
+        "type": "edit",
+        "images": ["https://example.com/cat.jpg"],
+    }
+    assert sim.stats.count("generate") == sim.stats.count("generate", 200) == 2
 
 
 async def test_text_to_image_costs_20_and_an_edit_24(http: httpx.AsyncClient, sim: Simulator) -> None:

@@ -77,6 +77,37 @@ async def test_documented_errors_travel_over_the_wire(http: httpx.AsyncClient) -
     assert (await http.get("/api/status", params={"task_id": "nope"})).status_code == 404
 
 
+async def test_only_documented_values_are_accepted_over_the_wire(
+    http: httpx.AsyncClient, server: SimulatorServer
+) -> None:
+    """Over loopback, every documented value answers 200 and each spelling the SDK would normalise answers 400."""
+    documented = [
+        *(
+            ("aspect_ratio", ratio)
+            for ratio in ("1:1", "3:2", "2:3", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
+        ),
+        *(("resolution", resolution) for resolution in ("1k", "2k", "4k")),
+        *(("output_format", output_format) for output_format in ("png", "jpeg")),
+        ("type", "text-to-image"),
+    ]
+    for field, value in documented:
+        response = await http.post("/api/generate", json={"prompt": "documented", field: value})
+        assert response.status_code == 200, (field, value, response.text)
+    created = server.simulator.stats.tasks_created
+    spellings = [("resolution", "2K"), ("output_format", "jpg"), ("aspect_ratio", " 16:9 "), ("type", "EDIT")]
+    for field, value in spellings:
+        body = {"prompt": "undocumented", "images": ["https://example.com/cat.jpg"], field: value}
+        if field != "type":
+            del body["images"]
+        response = await http.post("/api/generate", json=body)
+        assert (response.status_code, response.json()["code"]) == (400, 400)
+        assert response.json()["message"].startswith(f"{field}: ")
+    raw = await http.post("/api/generate", content=b'{"prompt": "x", "resolution": NaN}')
+    assert raw.status_code == 400
+    assert raw.json()["message"].startswith("body: ")
+    assert server.simulator.stats.tasks_created == created
+
+
 async def test_a_dropped_connection_is_a_transport_error_not_a_500(
     http: httpx.AsyncClient, server: SimulatorServer
 ) -> None:

@@ -9,7 +9,6 @@ image to render, a compression bomb to build) is done outside the lock.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import threading
@@ -22,15 +21,13 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs
 
-from banana2_async._exceptions import InvalidRequestError
-from banana2_async._models import GenerationRequest
-
 from ._faults import MISSING, Endpoint, Fault, FaultRule, pick_fault
 from ._hostile import MARKER, echo_text
 from ._images import content_type, render_image
 from ._replies import Reply, answer_fault, compression_bomb, error, fault_reply, ok, route
 from ._stats import DROPPED, SimulatedTask, SimulatorStats
 from ._tasks import RESULT_URL, Task
+from ._validation import BadRequest, read_generate_body
 
 if TYPE_CHECKING:
     from banana2_async._client import AsyncBanana2
@@ -262,9 +259,9 @@ class Simulator:
         return SimulatedTask(
             task_id=task.task_id,
             prompt=task.request.prompt,
-            type=task.request.task_type,
+            type=task.request.type,
             status=task.status(now),
-            request=task.request.to_wire(),
+            request=task.request.as_sent(),
             credits=task.request.credits,
             created=task.created,
             finishes=task.finished_at,
@@ -405,31 +402,20 @@ class Simulator:
 
     def _generate(self, api_key: str, body: bytes, now: float) -> Reply:
         try:
-            payload = json.loads(body or b"null")
-        except ValueError:
-            return error(400, "body: not valid JSON")
-        if not isinstance(payload, dict):
-            return error(400, "body: must be a JSON object with at least 'prompt'")
-        unknown = sorted(set(payload) - set(GenerationRequest.model_fields))
-        if unknown:
-            return error(400, f"{unknown[0]}: not a field of POST /api/generate")
-        try:
-            request = GenerationRequest(**payload)
-        except InvalidRequestError as exc:
+            request = read_generate_body(body)
+        except BadRequest as exc:
             return error(400, str(exc))
         cost = request.credits
         balance = self._accounts[api_key]
         if balance < cost:
-            return error(
-                402, f"insufficient credits: a {request.task_type} task costs {cost}, the account has {balance}"
-            )
+            return error(402, f"insufficient credits: a {request.type} task costs {cost}, the account has {balance}")
 
         self._accounts[api_key] = balance - cost
         self._credits_spent += cost
         self._created += 1
         self._prompts[request.prompt] += 1
         task_id = self._new_task_id()
-        low, high = self._latency[request.resolution or "1k"]
+        low, high = self._latency[request.resolution]
         seconds = 0.0 if math.isinf(self._speed) else self._latency_rng.uniform(low, high) / self._speed
         task = Task(task_id, api_key, request, now, now + seconds)
         self._tasks[task_id] = task
@@ -446,7 +432,7 @@ class Simulator:
             task.echo = echo_text(api_key, fault.form, in_json=True).encode("utf-8")
         elif fault is not None:
             return fault_reply(fault)
-        return ok({"task_id": task_id, "type": request.task_type, "status": "IN_PROGRESS"})
+        return ok({"task_id": task_id, "type": request.type, "status": "IN_PROGRESS"})
 
     def _new_task_id(self) -> str:
         while True:
@@ -465,11 +451,11 @@ class Simulator:
         data: dict[str, Any] = {
             "task_id": task.task_id,
             "status": status,
-            "type": task.request.task_type,
+            "type": task.request.type,
             "model": MODEL,
             "consumed_credits": task.request.credits if finished else None,
             "response": None,
-            "request": task.request.to_wire(),
+            "request": task.request.as_sent(),
             "created_at": task.created_at,
         }
         if finished and task.failure:
@@ -493,9 +479,8 @@ class Simulator:
         if self._result_ttl is not None and now > task.finished_at + self._result_ttl:
             return error(403, "the result URL has expired"), None
         request = task.request
-        fmt = task.extension()
-        reply = Reply(200, (("content-type", content_type(fmt)),), b"")
-        return reply, (request.prompt, request.aspect_ratio or "1:1", request.resolution or "1k", fmt)
+        reply = Reply(200, (("content-type", content_type(request.output_format)),), b"")
+        return reply, (request.prompt, request.aspect_ratio, request.resolution, request.output_format)
 
 
 def _bearer(headers: Mapping[str, str]) -> str:

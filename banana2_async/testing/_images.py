@@ -15,7 +15,7 @@ import struct
 import zlib
 from typing import Final
 
-from banana2_async._types import ASPECT_RATIOS, OUTPUT_FORMATS, RESOLUTIONS
+from ._validation import ASPECT_RATIOS, OUTPUT_FORMATS, RESOLUTIONS
 
 __all__ = ["LONG_SIDE", "content_type", "image_size", "render_image"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Final
 
-from banana2_async._models import GenerationRequest
+from ._validation import GenerateBody
 
 __all__ = ["RESULT_URL", "Task"]
 
@@ -29,9 +29,7 @@ class Task:
         "task_id",
     )
 
-    def __init__(
-        self, task_id: str, api_key: str, request: GenerationRequest, created: float, finished_at: float
-    ) -> None:
+    def __init__(self, task_id: str, api_key: str, request: GenerateBody, created: float, finished_at: float) -> None:
         self.task_id = task_id
         self.api_key = api_key
         self.request = request
@@ -58,4 +56,4 @@ class Task:
 
     def extension(self) -> str:
         """The output format, which is also the result file's extension."""
-        return self.request.output_format or "png"
+        return self.request.output_format
