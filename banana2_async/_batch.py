@@ -45,6 +45,7 @@ from ._exceptions import (
     ClientClosedError,
     DownloadError,
     EmptyResultError,
+    FailureKind,
     InsufficientCreditsError,
     InvalidRequestError,
     NotFoundError,
@@ -55,7 +56,6 @@ from ._exceptions import (
 from ._handle import TaskHandle
 from ._journal import Journal, JournalRow, job_keys, read_journal, split_error
 from ._models import GenerationRequest, GenerationResult
-from ._retry import Failure
 from ._types import DEFAULT_BATCH_CONCURRENCY, NOT_GIVEN, NotGiven
 
 if TYPE_CHECKING:
@@ -92,8 +92,7 @@ _HTTP_SCHEMES: Final = ("http://", "https://")
 # Submits in a row that could not be sent at all before a run stops sending.
 UNREACHABLE_AFTER: Final = 3
 _NEVER_SENT: Final = frozenset(
-    failure.value
-    for failure in (Failure.CONNECT, Failure.CONNECT_TIMEOUT, Failure.POOL_TIMEOUT, Failure.NOT_SENT_IN_TIME)
+    {FailureKind.CONNECT, FailureKind.CONNECT_TIMEOUT, FailureKind.POOL_TIMEOUT, FailureKind.NOT_SENT_IN_TIME}
 )
 # What a task that failed on the server leaves in the journal; `retry_failed` sends such rows again.
 _FAILED_ON_THE_SERVER: Final = frozenset({TaskFailedError.__name__, EmptyResultError.__name__})

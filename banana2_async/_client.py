@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
@@ -30,6 +30,7 @@ from ._types import (
     DEFAULT_DOWNLOAD_TIMEOUT,
     NOT_GIVEN,
     AspectRatio,
+    ClientStatistics,
     NotGiven,
     OutputFormat,
     Resolution,
@@ -226,6 +227,20 @@ class AsyncBanana2:
     def poller(self) -> Poller:
         """The client's shared poller (for introspection: ``len(client.poller)``, ``polls_sent``)."""
         return self._poller
+
+    def statistics(self) -> ClientStatistics:
+        """A snapshot of what the client is doing and has done: tasks watched, polls and submits sent, pauses."""
+        poller, wire = self._poller, self._wire
+        return ClientStatistics(
+            tasks_watched=len(poller),
+            handles_pending=len(poller.pending()),
+            polls_sent=poller.polls_sent,
+            poll_workers=poller.workers,
+            submits_sent=wire.submits_sent,
+            retries=wire.retries,
+            rate_limit_pauses=self._throttle.budget.pauses,
+            pause_remaining=self._throttle.pause_remaining() if self._task_group is not None else 0.0,
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -464,6 +479,8 @@ class AsyncBanana2:
         dest_dir: str | os.PathLike[str] | None = None,
         on_event: Callable[[BatchEvent], object] | None = None,
         wait_timeout: float | NotGiven | None = NOT_GIVEN,
+        keys: Sequence[str | None] | None = None,
+        retry_failed: bool = False,
     ) -> Batch:
         """A bulk run of ``requests`` (`GenerationRequest` objects or prompts): iterate it for outcomes.
 
@@ -481,6 +498,11 @@ class AsyncBanana2:
             on_event: Called with every `BatchEvent` (submitted, tracked,
                 polled, succeeded, failed) while the run is iterated.
             wait_timeout: Deadline of each task; the client's default if not given.
+            keys: Each request's own id in the job (a row's ``id``), so that a
+                job may grow: requests added later are sent, the rest resumed.
+                ``None`` (or a ``None`` key) identifies a request by its content.
+            retry_failed: Send again the rows of an earlier run whose task
+                failed on the server (or succeeded without images); this costs credits.
 
         Raises:
             InvalidRequestError: A request or an option is invalid (nothing is sent).
@@ -497,6 +519,8 @@ class AsyncBanana2:
             dest_dir=dest_dir,
             on_event=on_event,
             wait_timeout=wait_timeout,
+            keys=keys,
+            retry_failed=retry_failed,
         )
 
     async def download(
@@ -545,3 +569,56 @@ class AsyncBanana2:
             timeout=timeout,
             rng=self._rng,
         )
+
+
+class _BatchSeam:
+    """What a bulk run may use of its client (`_batch.BatchClient`): nothing of its insides besides."""
+
+    __slots__ = ("_client",)
+
+    def __init__(self, client: AsyncBanana2) -> None:
+        self._client = client
+
+    @property
+    def base_url(self) -> httpx.URL:
+        """The API's address, for messages."""
+        return self._client.base_url
+
+    @property
+    def retries_uncertain_submits(self) -> bool:
+        """Whether the client sends again a submit that may have landed (``retry_uncertain_submits``)."""
+        return self._client._retry_uncertain_submits
+
+    @property
+    def closed(self) -> bool:
+        """Whether the client was closed."""
+        return self._client._closed
+
+    def start_soon(self, function: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+        """Run ``function(*args)`` in the client's task group.
+
+        Raises:
+            RuntimeError: The client is not open.
+        """
+        client = self._client
+        client._require_open()
+        assert client._task_group is not None
+        client._task_group.start_soon(function, *args)
+
+    def on_poll(self, listener: Callable[[str], object]) -> Callable[[], None]:
+        """Call ``listener(task_id)`` after each answered poll; return what stops it."""
+        poller = self._client._poller
+        poller.add_poll_listener(listener)
+        return lambda: poller.remove_poll_listener(listener)
+
+    async def submit_request(self, request: GenerationRequest, *, wait_timeout: float | NotGiven | None) -> TaskHandle:
+        """`AsyncBanana2.submit_request`."""
+        return await self._client.submit_request(request, wait_timeout=wait_timeout)
+
+    def track(self, task_id: str, *, wait_timeout: float | NotGiven | None) -> TaskHandle:
+        """`AsyncBanana2.track`."""
+        return self._client.track(task_id, wait_timeout=wait_timeout)
+
+    async def download(self, result: GenerationResult, dest_dir: str | os.PathLike[str]) -> list[Path]:
+        """`AsyncBanana2.download` with its defaults."""
+        return await self._client.download(result, dest_dir)

@@ -67,7 +67,18 @@ class Gate(Protocol):
 class Wire:
     """The API's endpoints over one `Sender`, every request through one `Gate`."""
 
-    __slots__ = ("_gate", "_max_retries", "_requests", "_retry_uncertain", "_rng", "_secret", "_sender", "base_url")
+    __slots__ = (
+        "_gate",
+        "_max_retries",
+        "_requests",
+        "_retry_uncertain",
+        "_rng",
+        "_secret",
+        "_sender",
+        "base_url",
+        "retries",
+        "submits_sent",
+    )
 
     def __init__(
         self,
@@ -89,6 +100,9 @@ class Wire:
         self._max_retries = max_retries
         self._retry_uncertain = retry_uncertain_submits
         self._rng = rng
+        # Counted for `AsyncBanana2.statistics`.
+        self.submits_sent = 0
+        self.retries = 0
 
     def __repr__(self) -> str:
         return f"<Wire {str(self.base_url)!r}>"
@@ -105,6 +119,8 @@ class Wire:
     async def _exchange(self, request: httpx.Request, *, shielded: bool = False) -> tuple[float, int, dict[str, Any]]:
         """Wait at the gate, send ``request``, check its envelope: when it went, its status, its envelope."""
         sent_at = await self._gate.acquire()
+        if request.method == "POST":
+            self.submits_sent += 1
         status_code, content, headers = await self._sender.send(request, shielded=shielded)
         if status_code != 429:
             self._gate.answered()
@@ -234,3 +250,4 @@ class Wire:
             delay = backoff(attempt, rng=self._rng)
         logger.debug("retrying after %s in %.2f s", type(exc).__name__, delay)
         await anyio.sleep(delay)
+        self.retries += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from typing import Final, Literal
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "RESOLUTIONS",
     "TASK_TYPES",
     "AspectRatio",
+    "ClientStatistics",
     "NotGiven",
     "OutputFormat",
     "Resolution",
@@ -64,3 +66,28 @@ DEFAULT_DOWNLOAD_MAX_BYTES: Final = 64 * 1024 * 1024
 DEFAULT_DOWNLOAD_RETRIES: Final = 3
 # Seconds one download attempt may take, from connecting to the last byte.
 DEFAULT_DOWNLOAD_TIMEOUT: Final = 300.0
+
+
+@dataclass(frozen=True)
+class ClientStatistics:
+    """A snapshot of what one client is doing and has done (`AsyncBanana2.statistics`).
+
+    Attributes:
+        tasks_watched: Distinct tasks the poller watches now.
+        handles_pending: Handles on them that have not settled.
+        polls_sent: Status polls the poller has sent.
+        poll_workers: Poll workers started so far (at most ``max_concurrent_polls``).
+        submits_sent: ``POST /api/generate`` requests sent, retries included.
+        retries: Requests sent again after a transient failure (submits and ``status()`` calls).
+        rate_limit_pauses: Times a 429 paused every request of the client.
+        pause_remaining: Seconds left of the current 429 pause (0 when none).
+    """
+
+    tasks_watched: int
+    handles_pending: int
+    polls_sent: int
+    poll_workers: int
+    submits_sent: int
+    retries: int
+    rate_limit_pauses: int
+    pause_remaining: float

@@ -293,7 +293,9 @@ def test_the_command_line_shows_the_key_nowhere(
     (tmp_path / "prompts.txt").write_text("a red fox\na blue heron\na green frog\n", encoding="utf-8")
     key = KEY if key_from != "wrong" else KEY[:-4] + "beef"
     args = [arg.replace("{tmp}", str(tmp_path)) for arg in CLI_RUNS[run]]
-    args += ["--base-url", cli_server.base_url, "--poll-interval", "0.005", *(["--json"] if as_json else [])]
+    # `status` polls nothing, so it takes no --poll-interval.
+    polling = [] if args[0] == "status" else ["--poll-interval", "0.005"]
+    args += ["--base-url", cli_server.base_url, *polling, *(["--json"] if as_json else [])]
     env = {"BANANA2_API_KEY": key if key_from != "option" else "", "BANANA2_BASE_URL": "", "FORCE_COLOR": ""}
     if key_from == "option":
         args += ["--api-key", key]
