@@ -19,90 +19,18 @@ import anyio
 import httpx
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from ._batch import DEFAULT_CONCURRENCY, Batch, BatchEvent, BatchOutcome, BatchPlan
+from ._batch import DEFAULT_CONCURRENCY, Batch, BatchEvent
 from ._client import DEFAULT_NOT_FOUND_GRACE, DEFAULT_SUBMIT_TIMEOUT, DEFAULT_WAIT_TIMEOUT, AsyncBanana2
 from ._download import DEFAULT_MAX_BYTES, DEFAULT_MAX_RETRIES
-from ._exceptions import InvalidRequestError, TaskTimeoutError
 from ._handle import TaskHandle
 from ._http import DEFAULT_REQUEST_TIMEOUT, DEFAULT_TIMEOUT
 from ._models import GenerationRequest, GenerationResult, TaskInfo
+from ._sync_handles import SyncBatch, SyncTaskHandle
 from ._types import DEFAULT_DOWNLOAD_TIMEOUT, NOT_GIVEN, AspectRatio, NotGiven, OutputFormat, Resolution, TaskType
 
-__all__ = ["Banana2", "SyncBatch", "SyncTaskHandle"]
+__all__ = ["Banana2"]
 
 T = TypeVar("T")
-
-
-def _positive_timeout(timeout: float | None) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
-        raise InvalidRequestError(f"timeout must be a number of seconds (0 or more) or None, got {timeout!r}")
-    return float(timeout)
-
-
-class SyncTaskHandle:
-    """A submitted or tracked task of a `Banana2` client.
-
-    ``handle.result()`` blocks until the task settles and returns its
-    `GenerationResult`, or raises what `TaskHandle` raises
-    (`TaskFailedError`, `TaskTimeoutError`, `ClientClosedError`, ...).
-    """
-
-    __slots__ = ("_client", "_handle")
-
-    def __init__(self, handle: TaskHandle, client: Banana2) -> None:
-        self._handle = handle
-        self._client = client
-
-    def __repr__(self) -> str:
-        return repr(self._handle).replace("<TaskHandle", "<SyncTaskHandle", 1)
-
-    @property
-    def task_id(self) -> str:
-        """The task's id."""
-        return self._handle.task_id
-
-    @property
-    def request(self) -> GenerationRequest | None:
-        """The submitted request; ``None`` for a handle made by `Banana2.track`."""
-        return self._handle.request
-
-    @property
-    def async_handle(self) -> TaskHandle:
-        """The `TaskHandle` this wraps, owned by the client's event loop thread."""
-        return self._handle
-
-    def done(self) -> bool:
-        """Whether the task has settled, with a result or an error."""
-        return self._handle.done()
-
-    def exception(self) -> BaseException | None:
-        """The error the task settled with; ``None`` if it succeeded or is pending. Does not block."""
-        return self._handle.exception()
-
-    def result(self, timeout: float | None = None) -> GenerationResult:
-        """Block until the task settles and return its result.
-
-        Args:
-            timeout: Seconds to wait at most; ``None`` waits until the handle's
-                own deadline (the client's ``wait_timeout``).
-
-        Raises:
-            TaskTimeoutError: ``timeout`` passed first. The handle is still
-                pending: call `result` again to wait on.
-            TaskFailedError: The server reports the task as failed.
-            Banana2Error: Whatever else ended the task (`ClientClosedError`, ...).
-        """
-        wait = _positive_timeout(timeout)
-        if self._handle.done():
-            return self._handle.result_nowait()
-        return self._client._call(self._wait, wait)
-
-    async def _wait(self, seconds: float | None) -> GenerationResult:
-        with anyio.move_on_after(seconds):
-            return await self._handle
-        raise TaskTimeoutError(self._handle.task_id)
 
 
 class Banana2:
@@ -261,9 +189,6 @@ class Banana2:
             future.cancel()
             raise
 
-    def _wrap(self, handle: TaskHandle) -> SyncTaskHandle:
-        return SyncTaskHandle(handle, self)
-
     # -- tasks --------------------------------------------------------------------------------
 
     def submit(
@@ -302,7 +227,7 @@ class Banana2:
         async def submit() -> TaskHandle:
             return await self._client.submit_request(request, wait_timeout=wait_timeout)
 
-        return self._wrap(self._call(submit))
+        return SyncTaskHandle(self._call(submit), self)
 
     def generate(
         self,
@@ -358,7 +283,7 @@ class Banana2:
         async def track() -> TaskHandle:
             return self._client.track(task_id, wait_timeout=wait_timeout)
 
-        return self._wrap(self._call(track))
+        return SyncTaskHandle(self._call(track), self)
 
     def as_completed(self, handles: Iterable[SyncTaskHandle]) -> Iterator[SyncTaskHandle]:
         """Yield each handle as it settles, successes and failures alike.
@@ -468,63 +393,3 @@ class Banana2:
             )
 
         return self._call(download)
-
-
-class SyncBatch:
-    """A bulk run of a `Banana2` client; made by `Banana2.batch`.
-
-    Iterate it for a `BatchOutcome` per request, in the order they finish::
-
-        for outcome in client.batch(prompts, journal="run.db", dest_dir="images"):
-            ...
-
-    or iterate `events` for every `BatchEvent`. Leaving the loop early stops
-    the run (nothing new is sent; a request being sent has its task id
-    recorded). A run is iterated once.
-    """
-
-    __slots__ = ("_batch", "_client")
-
-    def __init__(self, batch: Batch, client: Banana2) -> None:
-        self._batch = batch
-        self._client = client
-
-    def __repr__(self) -> str:
-        return repr(self._batch).replace("<Batch", "<SyncBatch", 1)
-
-    @property
-    def requests(self) -> tuple[GenerationRequest, ...]:
-        """The job's requests, in order."""
-        return self._batch.requests
-
-    @property
-    def plan(self) -> BatchPlan | None:
-        """What the run does (submits, re-tracks, skips, credits); set once it has started."""
-        return self._batch.plan
-
-    def dry_run(self) -> BatchPlan:
-        """What the run would do and cost, from the journal if there is one; sends nothing, writes nothing."""
-        return self._client._call(self._batch.dry_run)
-
-    def __iter__(self) -> Iterator[BatchOutcome]:
-        return self._client._iterate(self._batch.__aiter__)
-
-    def events(self) -> Iterator[BatchEvent]:
-        """Every event of the run: progress (submitted, tracked, polled) and outcomes (succeeded, failed)."""
-        return self._client._iterate(self._batch.events)
-
-    def close(self) -> None:
-        """Stop the run: send nothing new, record what is being sent, stop waiting. Safe to call more than once."""
-        self._client._call(self._batch.aclose)
-
-    def __enter__(self) -> SyncBatch:
-        self._client._call(self._batch.__aenter__)
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
