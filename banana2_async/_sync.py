@@ -7,17 +7,15 @@ Every method may be called from any thread, several at once.
 
 from __future__ import annotations
 
+import functools
 import os
-import queue
-import threading
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
-import anyio
 import httpx
-from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._batch import DEFAULT_CONCURRENCY, Batch, BatchEvent
 from ._client import DEFAULT_NOT_FOUND_GRACE, DEFAULT_SUBMIT_TIMEOUT, DEFAULT_WAIT_TIMEOUT, AsyncBanana2
@@ -26,6 +24,7 @@ from ._handle import TaskHandle
 from ._http import DEFAULT_REQUEST_TIMEOUT, DEFAULT_TIMEOUT
 from ._models import GenerationRequest, GenerationResult, TaskInfo
 from ._sync_handles import SyncBatch, SyncTaskHandle
+from ._sync_loop import LoopThread, close_forgotten
 from ._types import DEFAULT_DOWNLOAD_TIMEOUT, NOT_GIVEN, AspectRatio, NotGiven, OutputFormat, Resolution, TaskType
 
 __all__ = ["Banana2"]
@@ -115,25 +114,13 @@ class Banana2:
             "not_found_grace": not_found_grace,
             "seed": seed,
         }
-        self._lock = threading.Lock()
-        self._closed = False
-        portal_cm = start_blocking_portal(backend)
-        portal = portal_cm.__enter__()
-        try:
-            # Built on the loop's thread: everything the async client makes belongs to that loop.
-            client = portal.call(lambda: AsyncBanana2(api_key, **options))
-            client_cm = portal.wrap_async_context_manager(client)
-            client_cm.__enter__()
-        except BaseException as exc:
-            portal_cm.__exit__(type(exc), exc, exc.__traceback__)
-            raise
-        self._portal_cm = portal_cm
-        self._portal: BlockingPortal = portal
-        self._client: AsyncBanana2 = client
-        self._client_cm = client_cm
+        self._loop = LoopThread(functools.partial(AsyncBanana2, api_key, **options), backend)
+        self._client: AsyncBanana2 = self._loop.client
+        # Closes the client if it is dropped, or left open at exit, without keeping it alive.
+        self._forgotten = weakref.finalize(self, close_forgotten, self._loop, repr(self))
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
+        state = "closed" if self._loop.closed else "open"
         return f"<Banana2 base_url={str(self.base_url)!r} {state}>"
 
     @property
@@ -162,32 +149,21 @@ class Banana2:
     def close(self) -> None:
         """Fail every pending handle with `ClientClosedError`, close connections, stop the thread.
 
-        Safe to call more than once, from any thread but the client's own.
+        Safe to call more than once, from any thread. Called from the client's
+        own thread (in an ``on_event`` callback), it does not wait: the client
+        closes once the callback returns.
         """
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        try:
-            self._client_cm.__exit__(None, None, None)
-        finally:
-            self._portal_cm.__exit__(None, None, None)
+        self._forgotten.detach()
+        self._loop.close()
 
     def _call(self, func: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run ``func(*args)`` on the client's loop and wait for it; interrupting the wait cancels it."""
-        if self._closed:
-            raise RuntimeError("this Banana2 is closed")
-        try:
-            future = self._portal.start_task_soon(func, *args)
-        except RuntimeError:
-            if self._closed:
-                raise RuntimeError("this Banana2 is closed") from None
-            raise
-        try:
-            return future.result()
-        except BaseException:
-            future.cancel()
-            raise
+        return self._loop.call(func, *args)
+
+    def _iterate(self, make: Callable[[], AsyncIterator[T]]) -> Iterator[T]:
+        """Iterate ``make()`` on the client's loop, yielding each item here; leaving early closes it there."""
+        # A generator of its own: an iteration keeps its client open.
+        yield from self._loop.iterate(make)
 
     # -- tasks --------------------------------------------------------------------------------
 
@@ -224,9 +200,7 @@ class Banana2:
     ) -> SyncTaskHandle:
         """Submit a prepared `GenerationRequest`; otherwise the same as `submit`."""
 
-        async def submit() -> TaskHandle:
-            return await self._client.submit_request(request, wait_timeout=wait_timeout)
-
+        submit = functools.partial(self._client.submit_request, request, wait_timeout=wait_timeout)
         return SyncTaskHandle(self._call(submit), self)
 
     def generate(
@@ -280,8 +254,10 @@ class Banana2:
     def track(self, task_id: str, *, wait_timeout: float | NotGiven | None = NOT_GIVEN) -> SyncTaskHandle:
         """A handle on an existing task, watched by the shared poller; see `AsyncBanana2.track`."""
 
+        client = self._client
+
         async def track() -> TaskHandle:
-            return self._client.track(task_id, wait_timeout=wait_timeout)
+            return client.track(task_id, wait_timeout=wait_timeout)
 
         return SyncTaskHandle(self._call(track), self)
 
@@ -296,36 +272,9 @@ class Banana2:
         if not pending:
             return
         by_handle = {handle.async_handle: handle for handle in pending}
-        for done in self._iterate(lambda: self._client.as_completed(by_handle)):
+        client = self._client
+        for done in self._iterate(lambda: client.as_completed(by_handle)):
             yield by_handle[done]
-
-    def _iterate(self, make: Callable[[], AsyncIterator[T]]) -> Iterator[T]:
-        """Iterate ``make()`` on the client's loop, yielding each item here; leaving early closes it there."""
-        if self._closed:
-            raise RuntimeError("this Banana2 is closed")
-        items: queue.SimpleQueue[tuple[T] | None] = queue.SimpleQueue()
-
-        async def pump() -> None:
-            iterator = make()
-            try:
-                async for item in iterator:
-                    items.put((item,))
-            finally:
-                # Closed here, in the pump's task and shielded, so its cleanup (releasing
-                # handles, stopping a run) is over before the pump ends.
-                aclose = getattr(iterator, "aclose", None)
-                if aclose is not None:
-                    with anyio.CancelScope(shield=True):
-                        await aclose()
-
-        future = self._portal.start_task_soon(pump)
-        future.add_done_callback(lambda _: items.put(None))
-        try:
-            while (got := items.get()) is not None:
-                yield got[0]
-            future.result()  # raises what ended the iteration
-        finally:
-            future.cancel()
 
     # -- bulk runs and downloads ---------------------------------------------------------------
 
@@ -352,8 +301,10 @@ class Banana2:
             InvalidRequestError: A request or an option is invalid (nothing is sent).
         """
 
+        client = self._client
+
         async def make() -> Batch:
-            return self._client.batch(
+            return client.batch(
                 requests,
                 concurrency=concurrency,
                 journal=journal,
@@ -387,9 +338,7 @@ class Banana2:
             DownloadError: An image could not be downloaded.
         """
 
-        async def download() -> list[Path]:
-            return await self._client.download(
-                result, dest_dir, max_bytes=max_bytes, max_retries=max_retries, timeout=timeout
-            )
-
+        download = functools.partial(
+            self._client.download, result, dest_dir, max_bytes=max_bytes, max_retries=max_retries, timeout=timeout
+        )
         return self._call(download)
