@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -295,12 +296,17 @@ print("leaving", flush=True)
 """
 
 
-def test_a_forgotten_client_lets_the_interpreter_exit(backend: str) -> None:
-    """A program ending with a Banana2 open exits 0 at once; the client warns and its waiter gets ClientClosedError."""
+def run_python(code: str, *args: str) -> subprocess.Popen[str]:
+    """``python -c code args`` with this checkout's package first on the path, ResourceWarnings shown."""
     here = Path(banana2_async.__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(here), os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-W", "always::ResourceWarning", "-c", FORGOTTEN, backend]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as process:
+    command = [sys.executable, "-W", "always::ResourceWarning", "-c", code, *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_a_forgotten_client_lets_the_interpreter_exit(backend: str) -> None:
+    """A program ending with a Banana2 open exits 0 at once; the client warns and its waiter gets ClientClosedError."""
+    with run_python(FORGOTTEN, backend) as process:
         assert process.stdout is not None
         assert process.stdout.readline() == "leaving\n"
         leaving = time.monotonic()
@@ -310,6 +316,17 @@ def test_a_forgotten_client_lets_the_interpreter_exit(backend: str) -> None:
     assert took < 2, f"exit took {took:.2f} s"
     assert stdout == "ClientClosedError\n"
     assert re.search("ResourceWarning: " + UNCLOSED, stderr), stderr
+
+
+def test_importing_banana2_defers_the_models_and_bulk_runs() -> None:
+    """``from banana2_async import Banana2`` loads no pydantic model, sqlite3 or bulk run module yet."""
+    probe = "import json, sys; from banana2_async import Banana2; print(json.dumps(sorted(sys.modules)))"
+    with run_python(probe) as process:
+        stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    loaded = set(json.loads(stdout))
+    assert {"banana2_async._sync", "banana2_async._sync_loop", "banana2_async._sync_handles"} <= loaded
+    assert not loaded & {"banana2_async._models", "pydantic.main", "sqlite3", "banana2_async._batch"}
 
 
 def test_many_threads_share_one_client(client: Banana2, banana2_simulator: Simulator) -> None:
