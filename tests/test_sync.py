@@ -304,13 +304,23 @@ def run_python(code: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
+def finish(process: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
+    """The process's output once it has ended; killed if it runs past ``timeout`` seconds."""
+    try:
+        return process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise
+
+
 def test_a_forgotten_client_lets_the_interpreter_exit(backend: str) -> None:
     """A program ending with a Banana2 open exits 0 at once; the client warns and its waiter gets ClientClosedError."""
     with run_python(FORGOTTEN, backend) as process:
         assert process.stdout is not None
         assert process.stdout.readline() == "leaving\n"
         leaving = time.monotonic()
-        stdout, stderr = process.communicate(timeout=10)
+        stdout, stderr = finish(process, timeout=10)
         took = time.monotonic() - leaving
     assert process.returncode == 0, stderr
     assert took < 2, f"exit took {took:.2f} s"
@@ -322,7 +332,7 @@ def test_importing_banana2_defers_the_models_and_bulk_runs() -> None:
     """``from banana2_async import Banana2`` loads no pydantic model, sqlite3 or bulk run module yet."""
     probe = "import json, sys; from banana2_async import Banana2; print(json.dumps(sorted(sys.modules)))"
     with run_python(probe) as process:
-        stdout, stderr = process.communicate(timeout=30)
+        stdout, stderr = finish(process, timeout=30)
     assert process.returncode == 0, stderr
     loaded = set(json.loads(stdout))
     assert {"banana2_async._sync", "banana2_async._sync_loop", "banana2_async._sync_handles"} <= loaded
