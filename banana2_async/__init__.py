@@ -51,8 +51,8 @@ if TYPE_CHECKING:
     from ._models import GenerationResult as GenerationResult
     from ._models import TaskInfo as TaskInfo
     from ._sync import Banana2 as Banana2
-    from ._sync import SyncBatch as SyncBatch
-    from ._sync import SyncTaskHandle as SyncTaskHandle
+    from ._sync_handles import SyncBatch as SyncBatch
+    from ._sync_handles import SyncTaskHandle as SyncTaskHandle
     from ._types import NOT_GIVEN as NOT_GIVEN
     from ._types import NotGiven as NotGiven
 
@@ -92,8 +92,8 @@ _MODULES: dict[str, str] = {
     "GenerationResult": "._models",
     "TaskInfo": "._models",
     "Banana2": "._sync",
-    "SyncBatch": "._sync",
-    "SyncTaskHandle": "._sync",
+    "SyncBatch": "._sync_handles",
+    "SyncTaskHandle": "._sync_handles",
     "NOT_GIVEN": "._types",
     "NotGiven": "._types",
 }

@@ -1,145 +1,68 @@
 """Banana2: the blocking client, for scripts, notebooks and sync frameworks.
 
-It runs one `AsyncBanana2`, with its one shared poller, on an event loop in a
-background thread (anyio's blocking portal) and waits for each call there.
-Every method may be called from any thread, several at once.
+Each call is the `AsyncBanana2` call of the same name, run on the client's
+own event loop thread (`LoopThread`, in `_sync_loop`) while the caller
+blocks. Every method may be called from any thread, several at once.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-import queue
-import threading
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-import anyio
 import httpx
-from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from ._batch import DEFAULT_CONCURRENCY, Batch, BatchEvent, BatchOutcome, BatchPlan
 from ._client import DEFAULT_NOT_FOUND_GRACE, DEFAULT_SUBMIT_TIMEOUT, DEFAULT_WAIT_TIMEOUT, AsyncBanana2
-from ._download import DEFAULT_MAX_BYTES, DEFAULT_MAX_RETRIES
-from ._exceptions import InvalidRequestError, TaskTimeoutError
-from ._handle import TaskHandle
 from ._http import DEFAULT_REQUEST_TIMEOUT, DEFAULT_TIMEOUT
-from ._models import GenerationRequest, GenerationResult, TaskInfo
-from ._types import DEFAULT_DOWNLOAD_TIMEOUT, NOT_GIVEN, AspectRatio, NotGiven, OutputFormat, Resolution, TaskType
+from ._sync_handles import SyncBatch, SyncTaskHandle
+from ._sync_loop import LoopThread, close_forgotten
+from ._types import (
+    DEFAULT_BATCH_CONCURRENCY,
+    DEFAULT_DOWNLOAD_MAX_BYTES,
+    DEFAULT_DOWNLOAD_RETRIES,
+    DEFAULT_DOWNLOAD_TIMEOUT,
+    NOT_GIVEN,
+    AspectRatio,
+    NotGiven,
+    OutputFormat,
+    Resolution,
+    TaskType,
+)
 
-__all__ = ["Banana2", "SyncBatch", "SyncTaskHandle"]
+if TYPE_CHECKING:
+    from ._batch import BatchEvent
+    from ._models import GenerationRequest, GenerationResult, TaskInfo
+
+__all__ = ["Banana2"]
 
 T = TypeVar("T")
 
 
-def _positive_timeout(timeout: float | None) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
-        raise InvalidRequestError(f"timeout must be a number of seconds (0 or more) or None, got {timeout!r}")
-    return float(timeout)
-
-
-class SyncTaskHandle:
-    """A submitted or tracked task of a `Banana2` client.
-
-    ``handle.result()`` blocks until the task settles and returns its
-    `GenerationResult`, or raises what `TaskHandle` raises
-    (`TaskFailedError`, `TaskTimeoutError`, `ClientClosedError`, ...).
-    """
-
-    __slots__ = ("_client", "_handle")
-
-    def __init__(self, handle: TaskHandle, client: Banana2) -> None:
-        self._handle = handle
-        self._client = client
-
-    def __repr__(self) -> str:
-        return repr(self._handle).replace("<TaskHandle", "<SyncTaskHandle", 1)
-
-    @property
-    def task_id(self) -> str:
-        """The task's id."""
-        return self._handle.task_id
-
-    @property
-    def request(self) -> GenerationRequest | None:
-        """The submitted request; ``None`` for a handle made by `Banana2.track`."""
-        return self._handle.request
-
-    @property
-    def async_handle(self) -> TaskHandle:
-        """The `TaskHandle` this wraps, owned by the client's event loop thread."""
-        return self._handle
-
-    def done(self) -> bool:
-        """Whether the task has settled, with a result or an error."""
-        return self._handle.done()
-
-    def exception(self) -> BaseException | None:
-        """The error the task settled with; ``None`` if it succeeded or is pending. Does not block."""
-        return self._handle.exception()
-
-    def result(self, timeout: float | None = None) -> GenerationResult:
-        """Block until the task settles and return its result.
-
-        Args:
-            timeout: Seconds to wait at most; ``None`` waits until the handle's
-                own deadline (the client's ``wait_timeout``).
-
-        Raises:
-            TaskTimeoutError: ``timeout`` passed first. The handle is still
-                pending: call `result` again to wait on.
-            TaskFailedError: The server reports the task as failed.
-            Banana2Error: Whatever else ended the task (`ClientClosedError`, ...).
-        """
-        wait = _positive_timeout(timeout)
-        if self._handle.done():
-            return self._handle.result_nowait()
-        return self._client._call(self._wait, wait)
-
-    async def _wait(self, seconds: float | None) -> GenerationResult:
-        with anyio.move_on_after(seconds):
-            return await self._handle
-        raise TaskTimeoutError(self._handle.task_id)
+async def _on_loop(call: Callable[[], T]) -> T:
+    """Run a synchronous method of the async client in a task on its loop."""
+    return call()
 
 
 class Banana2:
-    """The blocking client of the NanoBanana 2 image API.
+    """The blocking client of the NanoBanana 2 image API: `AsyncBanana2` without ``await``.
 
-    The same calls as `AsyncBanana2`, without ``await``: one `AsyncBanana2`
-    runs on an event loop in a background thread, and each call blocks its
-    caller until the loop has the answer. Use it as
-    ``with Banana2() as client:``, or call `close` when done. A client may be
-    shared by many threads; its tasks are all watched by ONE shared poller.
+    One `AsyncBanana2` runs on an event loop in a background thread; each
+    method is the `AsyncBanana2` method of its name, blocking its caller until
+    the loop has the answer. Any number of threads may share a client; its
+    tasks are all watched by ONE shared poller. Use it as ``with Banana2() as
+    client:``, or call `close` when done: a client left open is closed, with a
+    `ResourceWarning`, when it is garbage-collected or the program ends.
+
+    The options are those of [`AsyncBanana2`][banana2_async.AsyncBanana2], and:
 
     Args:
-        api_key: The API key; defaults to ``$BANANA2_API_KEY``.
-        base_url: The API's address; defaults to ``$BANANA2_BASE_URL``, else
-            ``https://banana2api.com``.
-        poll_interval: Seconds between two polls of a task: a number, or
-            ``(low, high)`` to draw each interval uniformly from.
-        wait_timeout: Default deadline of a handle in seconds; ``None`` for none.
-        http_client: An ``httpx.AsyncClient`` of your own; it is used on the
-            background thread's loop only and is not closed by the client.
-        transport: An httpx transport for the client's own httpx client; it
-            is used on the background thread's loop and closed with the client.
-        timeout: httpx's timeouts of each request (connect, each read and write).
-        request_timeout: The whole-request deadline in seconds (see `AsyncBanana2`).
-        submit_timeout: The deadline of one submit as a whole (see `AsyncBanana2`).
-        max_retries: How often a request is retried where retrying is safe.
-        max_concurrent_submits: Submits in flight at once; more wait in line.
-        max_concurrent_polls: Status polls in flight at once.
-        rate_limit: Requests per second shared by submits and polls; ``None``
-            for no limit.
-        retry_uncertain_submits: Retry a submit that may have been paid for
-            instead of raising `SubmissionUncertainError`.
-        allow_insecure_http: Allow a plain ``http://`` base URL to a host
-            other than loopback.
-        not_found_grace: Seconds after submit during which a 404 on a poll is
-            taken as the server not having caught up yet.
-        seed: Seeds the jitter of poll intervals and backoffs.
+        http_client: Used on the background thread's loop only.
+        transport: Used on the background thread's loop only.
         backend: The event loop of the background thread: ``"asyncio"`` or ``"trio"``.
 
     Raises:
@@ -169,43 +92,34 @@ class Banana2:
         seed: int | None = None,
         backend: Literal["asyncio", "trio"] = "asyncio",
     ) -> None:
-        options: dict[str, Any] = {
-            "base_url": base_url,
-            "poll_interval": poll_interval,
-            "wait_timeout": wait_timeout,
-            "http_client": http_client,
-            "transport": transport,
-            "timeout": timeout,
-            "request_timeout": request_timeout,
-            "submit_timeout": submit_timeout,
-            "max_retries": max_retries,
-            "max_concurrent_submits": max_concurrent_submits,
-            "max_concurrent_polls": max_concurrent_polls,
-            "rate_limit": rate_limit,
-            "retry_uncertain_submits": retry_uncertain_submits,
-            "allow_insecure_http": allow_insecure_http,
-            "not_found_grace": not_found_grace,
-            "seed": seed,
-        }
-        self._lock = threading.Lock()
-        self._closed = False
-        portal_cm = start_blocking_portal(backend)
-        portal = portal_cm.__enter__()
-        try:
-            # Built on the loop's thread: everything the async client makes belongs to that loop.
-            client = portal.call(lambda: AsyncBanana2(api_key, **options))
-            client_cm = portal.wrap_async_context_manager(client)
-            client_cm.__enter__()
-        except BaseException as exc:
-            portal_cm.__exit__(type(exc), exc, exc.__traceback__)
-            raise
-        self._portal_cm = portal_cm
-        self._portal: BlockingPortal = portal
-        self._client: AsyncBanana2 = client
-        self._client_cm = client_cm
+        make_client = functools.partial(
+            AsyncBanana2,
+            api_key,
+            base_url=base_url,
+            poll_interval=poll_interval,
+            wait_timeout=wait_timeout,
+            http_client=http_client,
+            transport=transport,
+            timeout=timeout,
+            request_timeout=request_timeout,
+            submit_timeout=submit_timeout,
+            max_retries=max_retries,
+            max_concurrent_submits=max_concurrent_submits,
+            max_concurrent_polls=max_concurrent_polls,
+            rate_limit=rate_limit,
+            retry_uncertain_submits=retry_uncertain_submits,
+            allow_insecure_http=allow_insecure_http,
+            not_found_grace=not_found_grace,
+            seed=seed,
+        )
+        # Called on the loop's thread: everything the async client makes belongs to that loop.
+        self._loop = LoopThread(make_client, backend)
+        self._client: AsyncBanana2 = self._loop.client
+        # Closes the client if it is dropped, or left open at exit, without keeping it alive.
+        self._forgotten = weakref.finalize(self, close_forgotten, self._loop, repr(self))
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
+        state = "closed" if self._loop.closed else "open"
         return f"<Banana2 base_url={str(self.base_url)!r} {state}>"
 
     @property
@@ -234,35 +148,21 @@ class Banana2:
     def close(self) -> None:
         """Fail every pending handle with `ClientClosedError`, close connections, stop the thread.
 
-        Safe to call more than once, from any thread but the client's own.
+        Safe to call more than once, from any thread. Called from the client's
+        own thread (in an ``on_event`` callback), it does not wait: the client
+        closes once the callback returns.
         """
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        try:
-            self._client_cm.__exit__(None, None, None)
-        finally:
-            self._portal_cm.__exit__(None, None, None)
+        self._forgotten.detach()
+        self._loop.close()
 
     def _call(self, func: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run ``func(*args)`` on the client's loop and wait for it; interrupting the wait cancels it."""
-        if self._closed:
-            raise RuntimeError("this Banana2 is closed")
-        try:
-            future = self._portal.start_task_soon(func, *args)
-        except RuntimeError:
-            if self._closed:
-                raise RuntimeError("this Banana2 is closed") from None
-            raise
-        try:
-            return future.result()
-        except BaseException:
-            future.cancel()
-            raise
+        return self._loop.call(func, *args)
 
-    def _wrap(self, handle: TaskHandle) -> SyncTaskHandle:
-        return SyncTaskHandle(handle, self)
+    def _iterate(self, make: Callable[[], AsyncIterator[T]]) -> Iterator[T]:
+        """Iterate ``make()`` on the client's loop, yielding each item here; leaving early closes it there."""
+        # A generator of its own: an iteration keeps its client open.
+        yield from self._loop.iterate(make)
 
     # -- tasks --------------------------------------------------------------------------------
 
@@ -277,19 +177,18 @@ class Banana2:
         output_format: OutputFormat | None = None,
         wait_timeout: float | NotGiven | None = NOT_GIVEN,
     ) -> SyncTaskHandle:
-        """Submit one task and return its handle at once; ``handle.result()`` waits for it.
-
-        The arguments and errors are those of `AsyncBanana2.submit`.
-        """
-        request = GenerationRequest(
-            prompt=prompt,
+        """Same as [`AsyncBanana2.submit`][banana2_async.AsyncBanana2.submit]; ``handle.result()`` waits."""
+        submit = functools.partial(
+            self._client.submit,
+            prompt,
             type=type,
             images=images,
             aspect_ratio=aspect_ratio,
             resolution=resolution,
             output_format=output_format,
+            wait_timeout=wait_timeout,
         )
-        return self.submit_request(request, wait_timeout=wait_timeout)
+        return SyncTaskHandle(self._call(submit), self)
 
     def submit_request(
         self,
@@ -297,12 +196,9 @@ class Banana2:
         *,
         wait_timeout: float | NotGiven | None = NOT_GIVEN,
     ) -> SyncTaskHandle:
-        """Submit a prepared `GenerationRequest`; otherwise the same as `submit`."""
-
-        async def submit() -> TaskHandle:
-            return await self._client.submit_request(request, wait_timeout=wait_timeout)
-
-        return self._wrap(self._call(submit))
+        """Same as [`AsyncBanana2.submit_request`][banana2_async.AsyncBanana2.submit_request]."""
+        submit = functools.partial(self._client.submit_request, request, wait_timeout=wait_timeout)
+        return SyncTaskHandle(self._call(submit), self)
 
     def generate(
         self,
@@ -315,8 +211,9 @@ class Banana2:
         output_format: OutputFormat | None = None,
         wait_timeout: float | NotGiven | None = NOT_GIVEN,
     ) -> GenerationResult:
-        """Submit one task and wait for its result; see `AsyncBanana2.generate`."""
-        handle = self.submit(
+        """Same as [`AsyncBanana2.generate`][banana2_async.AsyncBanana2.generate]: blocks until the result."""
+        generate = functools.partial(
+            self._client.generate,
             prompt,
             type=type,
             images=images,
@@ -325,7 +222,7 @@ class Banana2:
             output_format=output_format,
             wait_timeout=wait_timeout,
         )
-        return self._call(handle.async_handle.result)
+        return self._call(generate)
 
     def edit(
         self,
@@ -337,70 +234,40 @@ class Banana2:
         output_format: OutputFormat | None = None,
         wait_timeout: float | NotGiven | None = NOT_GIVEN,
     ) -> GenerationResult:
-        """Edit 1-14 reference images with a text instruction and wait for the result."""
-        return self.generate(
+        """Same as [`AsyncBanana2.edit`][banana2_async.AsyncBanana2.edit]: blocks until the result."""
+        edit = functools.partial(
+            self._client.edit,
             prompt,
-            type="edit",
             images=images,
             aspect_ratio=aspect_ratio,
             resolution=resolution,
             output_format=output_format,
             wait_timeout=wait_timeout,
         )
+        return self._call(edit)
 
     def status(self, task_id: str) -> TaskInfo:
-        """One ``GET /api/status`` of ``task_id``, no polling; see `AsyncBanana2.status`."""
+        """Same as [`AsyncBanana2.status`][banana2_async.AsyncBanana2.status]."""
         return self._call(self._client.status, task_id)
 
     def track(self, task_id: str, *, wait_timeout: float | NotGiven | None = NOT_GIVEN) -> SyncTaskHandle:
-        """A handle on an existing task, watched by the shared poller; see `AsyncBanana2.track`."""
-
-        async def track() -> TaskHandle:
-            return self._client.track(task_id, wait_timeout=wait_timeout)
-
-        return self._wrap(self._call(track))
+        """Same as [`AsyncBanana2.track`][banana2_async.AsyncBanana2.track]."""
+        track = functools.partial(self._client.track, task_id, wait_timeout=wait_timeout)
+        return SyncTaskHandle(self._call(_on_loop, track), self)
 
     def as_completed(self, handles: Iterable[SyncTaskHandle]) -> Iterator[SyncTaskHandle]:
-        """Yield each handle as it settles, successes and failures alike.
+        """Same as [`AsyncBanana2.as_completed`][banana2_async.AsyncBanana2.as_completed], in a plain ``for``.
 
-        Check each with ``handle.result()`` (returns or raises at once) or
-        ``handle.exception()``. Leaving the loop early releases the handles
-        no one else waits on.
+        ``handle.result()`` returns or raises at once for each handle yielded;
+        leaving the loop early releases the handles no one else waits on.
         """
         pending = list(dict.fromkeys(handles))
         if not pending:
             return
         by_handle = {handle.async_handle: handle for handle in pending}
-        for done in self._iterate(lambda: self._client.as_completed(by_handle)):
+        as_completed = functools.partial(self._client.as_completed, by_handle)
+        for done in self._iterate(as_completed):
             yield by_handle[done]
-
-    def _iterate(self, make: Callable[[], AsyncIterator[T]]) -> Iterator[T]:
-        """Iterate ``make()`` on the client's loop, yielding each item here; leaving early closes it there."""
-        if self._closed:
-            raise RuntimeError("this Banana2 is closed")
-        items: queue.SimpleQueue[tuple[T] | None] = queue.SimpleQueue()
-
-        async def pump() -> None:
-            iterator = make()
-            try:
-                async for item in iterator:
-                    items.put((item,))
-            finally:
-                # Closed here, in the pump's task and shielded, so its cleanup (releasing
-                # handles, stopping a run) is over before the pump ends.
-                aclose = getattr(iterator, "aclose", None)
-                if aclose is not None:
-                    with anyio.CancelScope(shield=True):
-                        await aclose()
-
-        future = self._portal.start_task_soon(pump)
-        future.add_done_callback(lambda _: items.put(None))
-        try:
-            while (got := items.get()) is not None:
-                yield got[0]
-            future.result()  # raises what ended the iteration
-        finally:
-            future.cancel()
 
     # -- bulk runs and downloads ---------------------------------------------------------------
 
@@ -408,7 +275,7 @@ class Banana2:
         self,
         requests: Iterable[GenerationRequest | str],
         *,
-        concurrency: int = DEFAULT_CONCURRENCY,
+        concurrency: int = DEFAULT_BATCH_CONCURRENCY,
         journal: str | os.PathLike[str] | None = None,
         max_credits: int | None = None,
         resubmit_uncertain: bool = False,
@@ -416,115 +283,35 @@ class Banana2:
         on_event: Callable[[BatchEvent], object] | None = None,
         wait_timeout: float | NotGiven | None = NOT_GIVEN,
     ) -> SyncBatch:
-        """A bulk run of ``requests`` (`GenerationRequest` objects or prompts): iterate it for outcomes.
+        """Same as [`AsyncBanana2.batch`][banana2_async.AsyncBanana2.batch]: ``for outcome in client.batch(requests):``.
 
-        ``for outcome in client.batch(requests):`` yields a `BatchOutcome` per
-        request in the order they finish; the arguments are those of
-        `AsyncBanana2.batch`. ``on_event`` is called on the client's event loop
-        thread: keep it quick, and thread-safe.
-
-        Raises:
-            InvalidRequestError: A request or an option is invalid (nothing is sent).
+        ``on_event`` is called on the client's event loop thread: keep it
+        quick, and thread-safe.
         """
-
-        async def make() -> Batch:
-            return self._client.batch(
-                requests,
-                concurrency=concurrency,
-                journal=journal,
-                max_credits=max_credits,
-                resubmit_uncertain=resubmit_uncertain,
-                dest_dir=dest_dir,
-                on_event=on_event,
-                wait_timeout=wait_timeout,
-            )
-
-        return SyncBatch(self._call(make), self)
+        batch = functools.partial(
+            self._client.batch,
+            requests,
+            concurrency=concurrency,
+            journal=journal,
+            max_credits=max_credits,
+            resubmit_uncertain=resubmit_uncertain,
+            dest_dir=dest_dir,
+            on_event=on_event,
+            wait_timeout=wait_timeout,
+        )
+        return SyncBatch(self._call(_on_loop, batch), self)
 
     def download(
         self,
         result: GenerationResult,
         dest_dir: str | os.PathLike[str],
         *,
-        max_bytes: int = DEFAULT_MAX_BYTES,
-        max_retries: int = DEFAULT_MAX_RETRIES,
+        max_bytes: int = DEFAULT_DOWNLOAD_MAX_BYTES,
+        max_retries: int = DEFAULT_DOWNLOAD_RETRIES,
         timeout: float = DEFAULT_DOWNLOAD_TIMEOUT,
     ) -> list[Path]:
-        """Download the images of ``result`` into ``dest_dir``; return the paths written.
-
-        See `AsyncBanana2.download`: files are written whole or not at all,
-        each attempt at an image has ``timeout`` seconds, and the API key
-        never reaches the result host.
-
-        Raises:
-            InvalidRequestError: ``max_bytes``, ``max_retries`` or ``timeout`` is out of range.
-            ResultExpiredError: A result URL answered 403, 404 or 410.
-            DownloadError: An image could not be downloaded.
-        """
-
-        async def download() -> list[Path]:
-            return await self._client.download(
-                result, dest_dir, max_bytes=max_bytes, max_retries=max_retries, timeout=timeout
-            )
-
+        """Same as [`AsyncBanana2.download`][banana2_async.AsyncBanana2.download]."""
+        download = functools.partial(
+            self._client.download, result, dest_dir, max_bytes=max_bytes, max_retries=max_retries, timeout=timeout
+        )
         return self._call(download)
-
-
-class SyncBatch:
-    """A bulk run of a `Banana2` client; made by `Banana2.batch`.
-
-    Iterate it for a `BatchOutcome` per request, in the order they finish::
-
-        for outcome in client.batch(prompts, journal="run.db", dest_dir="images"):
-            ...
-
-    or iterate `events` for every `BatchEvent`. Leaving the loop early stops
-    the run (nothing new is sent; a request being sent has its task id
-    recorded). A run is iterated once.
-    """
-
-    __slots__ = ("_batch", "_client")
-
-    def __init__(self, batch: Batch, client: Banana2) -> None:
-        self._batch = batch
-        self._client = client
-
-    def __repr__(self) -> str:
-        return repr(self._batch).replace("<Batch", "<SyncBatch", 1)
-
-    @property
-    def requests(self) -> tuple[GenerationRequest, ...]:
-        """The job's requests, in order."""
-        return self._batch.requests
-
-    @property
-    def plan(self) -> BatchPlan | None:
-        """What the run does (submits, re-tracks, skips, credits); set once it has started."""
-        return self._batch.plan
-
-    def dry_run(self) -> BatchPlan:
-        """What the run would do and cost, from the journal if there is one; sends nothing, writes nothing."""
-        return self._client._call(self._batch.dry_run)
-
-    def __iter__(self) -> Iterator[BatchOutcome]:
-        return self._client._iterate(self._batch.__aiter__)
-
-    def events(self) -> Iterator[BatchEvent]:
-        """Every event of the run: progress (submitted, tracked, polled) and outcomes (succeeded, failed)."""
-        return self._client._iterate(self._batch.events)
-
-    def close(self) -> None:
-        """Stop the run: send nothing new, record what is being sent, stop waiting. Safe to call more than once."""
-        self._client._call(self._batch.aclose)
-
-    def __enter__(self) -> SyncBatch:
-        self._client._call(self._batch.__aenter__)
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()

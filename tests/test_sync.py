@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+import banana2_async
 from banana2_async import (
     Banana2,
     ClientClosedError,
@@ -22,6 +29,7 @@ from banana2_async import (
 from banana2_async.testing import Fault, ManualClock, Simulator, SimulatorServer
 
 FAST_POLLS = (0.002, 0.003)
+UNCLOSED = r"unclosed <Banana2 base_url='https://simulator\.banana2\.invalid' open>"
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -192,6 +200,143 @@ def test_close_fails_pending_handles_and_ends_the_thread(backend: str) -> None:
     with pytest.raises(RuntimeError, match="closed"):
         list(client.as_completed([handle]))
     assert "closed" in repr(client)
+
+
+def wait_for_threads(allowed: set[threading.Thread]) -> None:
+    """Wait (5 s at most) until no thread but ``allowed`` runs."""
+    deadline = time.monotonic() + 5
+    while set(threading.enumerate()) - allowed and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert set(threading.enumerate()) <= allowed
+
+
+def test_a_dropped_client_is_closed_with_a_resource_warning(backend: str) -> None:
+    """A Banana2 garbage-collected unclosed warns, fails its pending handles with ClientClosedError, ends its thread."""
+    simulator = Simulator(clock=ManualClock(), seed=6)
+    before = set(threading.enumerate())
+    client = connect(simulator, backend)
+    pending = client.submit("never finishes").async_handle
+    with pytest.warns(ResourceWarning, match=UNCLOSED):
+        del client
+    assert set(threading.enumerate()) <= before
+    assert isinstance(pending.exception(), ClientClosedError)
+
+
+def test_a_client_dropped_on_its_own_thread_closes_there(backend: str) -> None:
+    """A Banana2 whose last reference goes on its own loop thread is closed from there, with the warning."""
+    clock = ManualClock()
+    simulator = Simulator(clock=clock, seed=7)
+    before = set(threading.enumerate())
+    client = connect(simulator, backend)
+    holder = [client]
+    # Added from this thread: the task cannot settle, and so call it, before the clock moves.
+    client.submit("one task").async_handle.add_done_callback(lambda _: holder.clear())
+    del client
+
+    def settle() -> None:
+        clock.advance(60)
+        wait_for_threads(before)
+
+    with pytest.warns(ResourceWarning, match=UNCLOSED):
+        settle()
+
+
+def test_close_from_the_clients_own_thread_does_not_wait(backend: str) -> None:
+    """close() called on the client's loop thread (a callback) asks for the close; the client then closes."""
+    clock = ManualClock()
+    simulator = Simulator(clock=clock, seed=8)
+    before = set(threading.enumerate())
+    client = connect(simulator, backend)
+    done = client.submit("one task")
+    pending = client.submit("a slow one", resolution="4k")
+    done.async_handle.add_done_callback(lambda _: client.close())
+    clock.advance(16)  # past a 1k task's latency, short of a 4k one's
+    assert done.result(timeout=30).task_id == done.task_id
+    wait_for_threads(before)
+    with pytest.raises(ClientClosedError):
+        pending.result()
+    assert "closed" in repr(client)
+
+
+FORGOTTEN = """
+import sys, threading, weakref
+from banana2_async import Banana2, ClientClosedError
+from banana2_async.testing import ManualClock, Simulator
+
+class Anchor:
+    pass
+
+anchor, waiters, outcomes = Anchor(), [], []
+
+def report():
+    for waiter in waiters:
+        waiter.join(5)
+    print(*outcomes, flush=True)
+
+# Finalizers left at exit run newest first: this one, made before the client's, reports once it is closed.
+weakref.finalize(anchor, report)
+simulator = Simulator(clock=ManualClock())
+client = Banana2(
+    api_key=simulator.api_key,
+    base_url=simulator.base_url,
+    transport=simulator.transport(),
+    backend=sys.argv[1],
+)
+handle = client.submit("never finishes")
+
+def wait():
+    try:
+        handle.result()
+    except ClientClosedError as exc:
+        outcomes.append(type(exc).__name__)
+
+waiters.append(threading.Thread(target=wait, daemon=True))
+waiters[0].start()
+print("leaving", flush=True)
+"""
+
+
+def run_python(code: str, *args: str) -> subprocess.Popen[str]:
+    """``python -c code args`` with this checkout's package first on the path, ResourceWarnings shown."""
+    here = Path(banana2_async.__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(here), os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, "-W", "always::ResourceWarning", "-c", code, *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def finish(process: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
+    """The process's output once it has ended; killed if it runs past ``timeout`` seconds."""
+    try:
+        return process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise
+
+
+def test_a_forgotten_client_lets_the_interpreter_exit(backend: str) -> None:
+    """A program ending with a Banana2 open exits 0 at once; the client warns and its waiter gets ClientClosedError."""
+    with run_python(FORGOTTEN, backend) as process:
+        assert process.stdout is not None
+        assert process.stdout.readline() == "leaving\n"
+        leaving = time.monotonic()
+        stdout, stderr = finish(process, timeout=10)
+        took = time.monotonic() - leaving
+    assert process.returncode == 0, stderr
+    assert took < 2, f"exit took {took:.2f} s"
+    assert stdout == "ClientClosedError\n"
+    assert re.search("ResourceWarning: " + UNCLOSED, stderr), stderr
+
+
+def test_importing_banana2_defers_the_models_and_bulk_runs() -> None:
+    """``from banana2_async import Banana2`` loads no pydantic model, sqlite3 or bulk run module yet."""
+    probe = "import json, sys; from banana2_async import Banana2; print(json.dumps(sorted(sys.modules)))"
+    with run_python(probe) as process:
+        stdout, stderr = finish(process, timeout=30)
+    assert process.returncode == 0, stderr
+    loaded = set(json.loads(stdout))
+    assert {"banana2_async._sync", "banana2_async._sync_loop", "banana2_async._sync_handles"} <= loaded
+    assert not loaded & {"banana2_async._models", "pydantic.main", "sqlite3", "banana2_async._batch"}
 
 
 def test_many_threads_share_one_client(client: Banana2, banana2_simulator: Simulator) -> None:
