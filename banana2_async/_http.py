@@ -39,16 +39,12 @@ if TYPE_CHECKING:
     from ._secret import Secret
     from ._send import Sender
 
-__all__ = ["DEFAULT_REQUEST_TIMEOUT", "DEFAULT_TIMEOUT", "Gate", "Wire"]
+__all__ = ["Gate", "Wire"]
 
 logger = logging.getLogger("banana2_async")
 
-# The most one request may take, from sending to the last byte of its answer (``request_timeout``).
-DEFAULT_REQUEST_TIMEOUT: Final = 60.0
 # The longest request id an error keeps.
 MAX_REQUEST_ID: Final = 200
-
-DEFAULT_TIMEOUT: Final = httpx.Timeout(30.0, connect=10.0)
 
 
 class Gate(Protocol):

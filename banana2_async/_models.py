@@ -311,7 +311,8 @@ class GenerationResult(BaseModel):
         Raises:
             EmptyResultError: The answer holds no usable image URL.
         """
-        if not info.images:
+        images = [url for url in info.images if url_problem(url) is None]
+        if not images:
             raise EmptyResultError(
                 f"task {info.task_id} was reported as {info.status} but with no usable image URL",
                 task_id=info.task_id,
@@ -320,7 +321,7 @@ class GenerationResult(BaseModel):
             )
         return cls(
             task_id=info.task_id,
-            images=info.images,
+            images=images,
             consumed_credits=info.consumed_credits,
             type=info.type,
             model=info.model,

@@ -17,26 +17,16 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import httpx
 
-from ._client import DEFAULT_NOT_FOUND_GRACE, DEFAULT_SUBMIT_TIMEOUT, DEFAULT_WAIT_TIMEOUT, AsyncBanana2
-from ._http import DEFAULT_REQUEST_TIMEOUT, DEFAULT_TIMEOUT
+from ._client import AsyncBanana2
 from ._sync_handles import SyncBatch, SyncTaskHandle
 from ._sync_loop import LoopThread, close_forgotten
-from ._types import (
-    DEFAULT_BATCH_CONCURRENCY,
-    DEFAULT_DOWNLOAD_MAX_BYTES,
-    DEFAULT_DOWNLOAD_RETRIES,
-    DEFAULT_DOWNLOAD_TIMEOUT,
-    NOT_GIVEN,
-    AspectRatio,
-    NotGiven,
-    OutputFormat,
-    Resolution,
-    TaskType,
-)
+from ._types import DEFAULT_DOWNLOAD_MAX_BYTES, DEFAULT_DOWNLOAD_RETRIES, DEFAULT_DOWNLOAD_TIMEOUT, NOT_GIVEN, NotGiven
 
 if TYPE_CHECKING:
-    from ._batch import BatchEvent
+    from typing_extensions import Unpack
+
     from ._models import GenerationRequest, GenerationResult, TaskInfo
+    from ._options import BatchOptions, ClientOptions, EditOptions, TaskOptions
 
 __all__ = ["Banana2"]
 
@@ -74,44 +64,10 @@ class Banana2:
         self,
         api_key: str | None = None,
         *,
-        base_url: str | None = None,
-        poll_interval: float | tuple[float, float] = (2.0, 3.0),
-        wait_timeout: float | None = DEFAULT_WAIT_TIMEOUT,
-        http_client: httpx.AsyncClient | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
-        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-        submit_timeout: float = DEFAULT_SUBMIT_TIMEOUT,
-        max_retries: int = 3,
-        max_concurrent_submits: int = 16,
-        max_concurrent_polls: int = 48,
-        rate_limit: float | None = None,
-        retry_uncertain_submits: bool = False,
-        allow_insecure_http: bool = False,
-        not_found_grace: float = DEFAULT_NOT_FOUND_GRACE,
-        seed: int | None = None,
         backend: Literal["asyncio", "trio"] = "asyncio",
+        **options: Unpack[ClientOptions],
     ) -> None:
-        make_client = functools.partial(
-            AsyncBanana2,
-            api_key,
-            base_url=base_url,
-            poll_interval=poll_interval,
-            wait_timeout=wait_timeout,
-            http_client=http_client,
-            transport=transport,
-            timeout=timeout,
-            request_timeout=request_timeout,
-            submit_timeout=submit_timeout,
-            max_retries=max_retries,
-            max_concurrent_submits=max_concurrent_submits,
-            max_concurrent_polls=max_concurrent_polls,
-            rate_limit=rate_limit,
-            retry_uncertain_submits=retry_uncertain_submits,
-            allow_insecure_http=allow_insecure_http,
-            not_found_grace=not_found_grace,
-            seed=seed,
-        )
+        make_client = functools.partial(AsyncBanana2, api_key, **options)
         # Called on the loop's thread: everything the async client makes belongs to that loop.
         self._loop = LoopThread(make_client, backend)
         self._client: AsyncBanana2 = self._loop.client
@@ -166,29 +122,9 @@ class Banana2:
 
     # -- tasks --------------------------------------------------------------------------------
 
-    def submit(
-        self,
-        prompt: str,
-        *,
-        type: TaskType | None = None,
-        images: Sequence[str] | None = None,
-        aspect_ratio: AspectRatio | None = None,
-        resolution: Resolution | None = None,
-        output_format: OutputFormat | None = None,
-        wait_timeout: float | NotGiven | None = NOT_GIVEN,
-    ) -> SyncTaskHandle:
+    def submit(self, prompt: str, **options: Unpack[TaskOptions]) -> SyncTaskHandle:
         """Same as [`AsyncBanana2.submit`][banana2_async.AsyncBanana2.submit]; ``handle.result()`` waits."""
-        submit = functools.partial(
-            self._client.submit,
-            prompt,
-            type=type,
-            images=images,
-            aspect_ratio=aspect_ratio,
-            resolution=resolution,
-            output_format=output_format,
-            wait_timeout=wait_timeout,
-        )
-        return SyncTaskHandle(self._call(submit), self)
+        return SyncTaskHandle(self._call(functools.partial(self._client.submit, prompt, **options)), self)
 
     def submit_request(
         self,
@@ -200,51 +136,13 @@ class Banana2:
         submit = functools.partial(self._client.submit_request, request, wait_timeout=wait_timeout)
         return SyncTaskHandle(self._call(submit), self)
 
-    def generate(
-        self,
-        prompt: str,
-        *,
-        type: TaskType | None = None,
-        images: Sequence[str] | None = None,
-        aspect_ratio: AspectRatio | None = None,
-        resolution: Resolution | None = None,
-        output_format: OutputFormat | None = None,
-        wait_timeout: float | NotGiven | None = NOT_GIVEN,
-    ) -> GenerationResult:
+    def generate(self, prompt: str, **options: Unpack[TaskOptions]) -> GenerationResult:
         """Same as [`AsyncBanana2.generate`][banana2_async.AsyncBanana2.generate]: blocks until the result."""
-        generate = functools.partial(
-            self._client.generate,
-            prompt,
-            type=type,
-            images=images,
-            aspect_ratio=aspect_ratio,
-            resolution=resolution,
-            output_format=output_format,
-            wait_timeout=wait_timeout,
-        )
-        return self._call(generate)
+        return self._call(functools.partial(self._client.generate, prompt, **options))
 
-    def edit(
-        self,
-        prompt: str,
-        *,
-        images: Sequence[str],
-        aspect_ratio: AspectRatio | None = None,
-        resolution: Resolution | None = None,
-        output_format: OutputFormat | None = None,
-        wait_timeout: float | NotGiven | None = NOT_GIVEN,
-    ) -> GenerationResult:
+    def edit(self, prompt: str, *, images: Sequence[str], **options: Unpack[EditOptions]) -> GenerationResult:
         """Same as [`AsyncBanana2.edit`][banana2_async.AsyncBanana2.edit]: blocks until the result."""
-        edit = functools.partial(
-            self._client.edit,
-            prompt,
-            images=images,
-            aspect_ratio=aspect_ratio,
-            resolution=resolution,
-            output_format=output_format,
-            wait_timeout=wait_timeout,
-        )
-        return self._call(edit)
+        return self._call(functools.partial(self._client.edit, prompt, images=images, **options))
 
     def status(self, task_id: str) -> TaskInfo:
         """Same as [`AsyncBanana2.status`][banana2_async.AsyncBanana2.status]."""
@@ -271,34 +169,13 @@ class Banana2:
 
     # -- bulk runs and downloads ---------------------------------------------------------------
 
-    def batch(
-        self,
-        requests: Iterable[GenerationRequest | str],
-        *,
-        concurrency: int = DEFAULT_BATCH_CONCURRENCY,
-        journal: str | os.PathLike[str] | None = None,
-        max_credits: int | None = None,
-        resubmit_uncertain: bool = False,
-        dest_dir: str | os.PathLike[str] | None = None,
-        on_event: Callable[[BatchEvent], object] | None = None,
-        wait_timeout: float | NotGiven | None = NOT_GIVEN,
-    ) -> SyncBatch:
+    def batch(self, requests: Iterable[GenerationRequest | str], **options: Unpack[BatchOptions]) -> SyncBatch:
         """Same as [`AsyncBanana2.batch`][banana2_async.AsyncBanana2.batch]: ``for outcome in client.batch(requests):``.
 
         ``on_event`` is called on the client's event loop thread: keep it
         quick, and thread-safe.
         """
-        batch = functools.partial(
-            self._client.batch,
-            requests,
-            concurrency=concurrency,
-            journal=journal,
-            max_credits=max_credits,
-            resubmit_uncertain=resubmit_uncertain,
-            dest_dir=dest_dir,
-            on_event=on_event,
-            wait_timeout=wait_timeout,
-        )
+        batch = functools.partial(self._client.batch, requests, **options)
         return SyncBatch(self._call(_on_loop, batch), self)
 
     def download(

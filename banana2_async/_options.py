@@ -1,0 +1,223 @@
+"""Every option of a client, a task and a bulk run: declared once, with its default, checked in one place.
+
+`ClientOptions`, `TaskOptions`, `EditOptions` and `BatchOptions` are the
+keyword arguments of `AsyncBanana2`, `Banana2`, their task methods and
+``batch`` (``**options: Unpack[ClientOptions]``), and what the CLI builds its
+client from. `client_settings` checks a client's options before any I/O and
+resolves their defaults and environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final, TypedDict
+
+import httpx
+
+from ._exceptions import ConfigurationError, InvalidRequestError
+from ._requests import DEFAULT_BASE_URL, check_base_url
+from ._schedule import Interval, RateBudget, parse_interval
+from ._validate import check_non_negative_int, check_positive_int, check_seconds
+
+if TYPE_CHECKING:
+    from ._batch import BatchEvent
+    from ._types import AspectRatio, NotGiven, OutputFormat, Resolution, TaskType
+
+__all__ = [
+    "CLIENT_DEFAULTS",
+    "DEFAULT_NOT_FOUND_GRACE",
+    "DEFAULT_REQUEST_TIMEOUT",
+    "DEFAULT_SUBMIT_TIMEOUT",
+    "DEFAULT_TIMEOUT",
+    "DEFAULT_WAIT_TIMEOUT",
+    "BatchOptions",
+    "ClientOptions",
+    "ClientSettings",
+    "EditOptions",
+    "TaskOptions",
+    "client_settings",
+    "wait_timeout_of",
+]
+
+DEFAULT_WAIT_TIMEOUT: Final = 600.0
+DEFAULT_NOT_FOUND_GRACE: Final = 10.0
+# The most one request may take, from sending to the last byte of its answer.
+DEFAULT_REQUEST_TIMEOUT: Final = 60.0
+DEFAULT_SUBMIT_TIMEOUT: Final = 600.0
+DEFAULT_TIMEOUT: Final = httpx.Timeout(30.0, connect=10.0)
+
+
+class ClientOptions(TypedDict, total=False):
+    """The options of `AsyncBanana2` and `Banana2`; `AsyncBanana2` says what each does."""
+
+    base_url: str | None
+    poll_interval: float | tuple[float, float]
+    wait_timeout: float | None
+    http_client: httpx.AsyncClient | None
+    transport: httpx.AsyncBaseTransport | None
+    timeout: float | httpx.Timeout
+    request_timeout: float
+    submit_timeout: float
+    max_retries: int
+    max_concurrent_submits: int
+    max_concurrent_polls: int
+    rate_limit: float | None
+    retry_uncertain_submits: bool
+    allow_insecure_http: bool
+    not_found_grace: float
+    seed: int | None
+
+
+CLIENT_DEFAULTS: Final[ClientOptions] = {
+    "base_url": None,
+    "poll_interval": (2.0, 3.0),
+    "wait_timeout": DEFAULT_WAIT_TIMEOUT,
+    "http_client": None,
+    "transport": None,
+    "timeout": DEFAULT_TIMEOUT,
+    "request_timeout": DEFAULT_REQUEST_TIMEOUT,
+    "submit_timeout": DEFAULT_SUBMIT_TIMEOUT,
+    "max_retries": 3,
+    "max_concurrent_submits": 16,
+    "max_concurrent_polls": 48,
+    "rate_limit": None,
+    "retry_uncertain_submits": False,
+    "allow_insecure_http": False,
+    "not_found_grace": DEFAULT_NOT_FOUND_GRACE,
+    "seed": None,
+}
+
+
+class EditOptions(TypedDict, total=False):
+    """The options of an edit (`AsyncBanana2.edit`): what a task takes but its type and images."""
+
+    aspect_ratio: AspectRatio | None
+    resolution: Resolution | None
+    output_format: OutputFormat | None
+    wait_timeout: float | NotGiven | None
+
+
+class TaskOptions(EditOptions, total=False):
+    """The options of a task (`AsyncBanana2.submit`, `AsyncBanana2.generate`); left out, they are not sent."""
+
+    type: TaskType | None
+    images: Sequence[str] | None
+
+
+class BatchOptions(TypedDict, total=False):
+    """The options of a bulk run (`AsyncBanana2.batch`), which says what each does."""
+
+    concurrency: int
+    journal: str | os.PathLike[str] | None
+    max_credits: int | None
+    resubmit_uncertain: bool
+    dest_dir: str | os.PathLike[str] | None
+    on_event: Callable[[BatchEvent], object] | None
+    wait_timeout: float | NotGiven | None
+    keys: Sequence[str | None] | None
+    retry_failed: bool
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """A client's options, checked, with their defaults and environment variables resolved."""
+
+    api_key: str = field(repr=False)
+    base_url: httpx.URL
+    interval: Interval
+    wait_timeout: float | None
+    http_client: httpx.AsyncClient | None
+    transport: httpx.AsyncBaseTransport | None
+    timeout: httpx.Timeout
+    request_timeout: float
+    submit_timeout: float
+    max_retries: int
+    max_concurrent_submits: int
+    max_concurrent_polls: int
+    budget: RateBudget
+    retry_uncertain_submits: bool
+    not_found_grace: float
+    rng: random.Random
+
+
+def client_settings(api_key: str | None, options: Mapping[str, object]) -> ClientSettings:
+    """Check a client's options and resolve them; nothing is sent.
+
+    Raises:
+        TypeError: An option that does not exist.
+        ConfigurationError: No API key, or an unsafe or invalid base URL.
+        InvalidRequestError: An option is out of range or of the wrong type.
+    """
+    unknown = sorted(set(options) - set(CLIENT_DEFAULTS))
+    if unknown:
+        raise TypeError(f"unexpected option(s) {', '.join(map(repr, unknown))}; see ClientOptions")
+    given: dict[str, object] = {**CLIENT_DEFAULTS, **options}
+    key = api_key if api_key is not None else os.environ.get("BANANA2_API_KEY")
+    if not key or not key.strip():
+        raise ConfigurationError("no API key: pass api_key=... or set the BANANA2_API_KEY environment variable")
+    key = key.strip()
+    if any(char.isspace() for char in key) or not key.isprintable():
+        raise ConfigurationError("the API key contains whitespace or unprintable characters")
+    if not key.isascii():
+        # httpx would fail on the header with a bare UnicodeEncodeError at the first request.
+        raise ConfigurationError("the API key contains non-ASCII characters")
+    base_url = given["base_url"]
+    url = check_base_url(
+        str(base_url or os.environ.get("BANANA2_BASE_URL") or DEFAULT_BASE_URL),
+        allow_insecure_http=bool(given["allow_insecure_http"]),
+    )
+    try:
+        interval = parse_interval(given["poll_interval"])  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise InvalidRequestError(str(exc), field="poll_interval") from None
+    try:
+        budget = RateBudget(given["rate_limit"])  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise InvalidRequestError(str(exc), field="rate_limit") from None
+    wait_timeout = given["wait_timeout"]
+    try:
+        rng = random.Random(given["seed"])  # type: ignore[arg-type]
+    except TypeError:
+        raise InvalidRequestError("seed must be an integer, a string or None", field="seed") from None
+    return ClientSettings(
+        api_key=key,
+        base_url=url,
+        interval=interval,
+        wait_timeout=None if wait_timeout is None else check_seconds(wait_timeout, "wait_timeout"),
+        http_client=given["http_client"],  # type: ignore[arg-type]
+        transport=given["transport"],  # type: ignore[arg-type]
+        timeout=_httpx_timeout(given["timeout"]),
+        request_timeout=check_seconds(given["request_timeout"], "request_timeout"),
+        submit_timeout=check_seconds(given["submit_timeout"], "submit_timeout"),
+        max_retries=check_non_negative_int(given["max_retries"], "max_retries"),
+        max_concurrent_submits=check_positive_int(given["max_concurrent_submits"], "max_concurrent_submits"),
+        max_concurrent_polls=check_positive_int(given["max_concurrent_polls"], "max_concurrent_polls"),
+        budget=budget,
+        retry_uncertain_submits=bool(given["retry_uncertain_submits"]),
+        not_found_grace=check_seconds(given["not_found_grace"], "not_found_grace", zero=True),
+        rng=rng,
+    )
+
+
+def _httpx_timeout(value: object) -> httpx.Timeout:
+    """``timeout`` as an ``httpx.Timeout``, each of its parts checked."""
+    if isinstance(value, httpx.Timeout):
+        for part, seconds in value.as_dict().items():
+            if seconds is not None:
+                check_seconds(seconds, f"timeout.{part}")
+        return value
+    return httpx.Timeout(check_seconds(value, "timeout"))
+
+
+def wait_timeout_of(value: float | NotGiven | None, default: float | None) -> float | None:
+    """A task's deadline in seconds: ``value`` checked, ``default`` when not given, ``None`` for none."""
+    from ._types import NotGiven
+
+    if isinstance(value, NotGiven):
+        return default
+    if value is None:
+        return None
+    return check_seconds(value, "wait_timeout")
