@@ -510,7 +510,7 @@ class AsyncBanana2:
         from ._batch import Batch
 
         return Batch(
-            self,
+            _BatchSeam(self),
             requests,
             concurrency=concurrency,
             journal=journal,
