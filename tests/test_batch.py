@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import gc
 import json
 import sqlite3
 from collections.abc import AsyncIterable, AsyncIterator, Callable
@@ -222,6 +223,15 @@ async def test_an_uncertain_submit_is_reported_and_never_resent_unless_asked(sim
         third = await _collect(run)
     assert [(outcome.index, outcome.status) for outcome in third] == [(lost.index, "succeeded")]
     assert sim.stats.tasks_per_prompt[lost.request.prompt] == 2
+
+
+async def test_a_loop_left_early_without_closing_warns_about_nothing(client: AsyncBanana2) -> None:
+    """A run whose loop is left early and never closed holds nothing that warns when it is collected."""
+    run = client.batch(_prompts(3))
+    async for _ in run.events():
+        break
+    del run
+    gc.collect()
 
 
 async def test_a_run_left_early_resumes_without_paying_twice(sim: Simulator, tmp_path: Path) -> None:
