@@ -105,12 +105,11 @@ class Batch:
     `aclose`: no new request is sent, a request being sent has its task id
     recorded, and the journal is closed. A batch runs once.
 
-    `AsyncBanana2.batch` is the way to make one, and documents the options.
-    ``Batch(client, requests, ...)`` takes the same; its ``client`` is what
+    `AsyncBanana2.batch` is the way to make one; it documents the options.
+    ``Batch(client, requests, ...)`` takes the same, its ``client`` being all
     the run uses of its client (a ``BatchClient``, see `_batch_run`), which
-    ``client.batch`` passes. An `AsyncBanana2` given there instead is
-    accepted, as code written before ``client.batch`` took ``keys`` and
-    ``retry_failed`` gives one.
+    ``client.batch`` passes. An `AsyncBanana2` is accepted there too, and used
+    through the same narrow seam; type checkers expect a ``BatchClient``.
     """
 
     __slots__ = (
