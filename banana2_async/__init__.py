@@ -17,9 +17,9 @@ from ._version import __version__ as __version__
 
 if TYPE_CHECKING:
     from ._batch import Batch as Batch
-    from ._batch import BatchEvent as BatchEvent
-    from ._batch import BatchOutcome as BatchOutcome
-    from ._batch import BatchPlan as BatchPlan
+    from ._batch_outcome import BatchEvent as BatchEvent
+    from ._batch_outcome import BatchOutcome as BatchOutcome
+    from ._batch_plan import BatchPlan as BatchPlan
     from ._client import AsyncBanana2 as AsyncBanana2
     from ._exceptions import APIConnectionError as APIConnectionError
     from ._exceptions import APIResponseError as APIResponseError
@@ -59,9 +59,9 @@ if TYPE_CHECKING:
 _MODULES: dict[str, str] = {
     "AsyncBanana2": "._client",
     "Batch": "._batch",
-    "BatchEvent": "._batch",
-    "BatchOutcome": "._batch",
-    "BatchPlan": "._batch",
+    "BatchEvent": "._batch_outcome",
+    "BatchOutcome": "._batch_outcome",
+    "BatchPlan": "._batch_plan",
     "APIConnectionError": "._exceptions",
     "APIResponseError": "._exceptions",
     "APIStatusError": "._exceptions",

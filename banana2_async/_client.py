@@ -334,7 +334,7 @@ class AsyncBanana2:
         """
         from ._batch import Batch
 
-        return Batch(self, requests, **options)
+        return Batch(_BatchSeam(self), requests, **options)
 
     async def download(
         self,
@@ -394,6 +394,10 @@ class _BatchSeam:
     def closed(self) -> bool:
         """Whether the client was closed."""
         return self._client.state is ClientState.CLOSED
+
+    def require_open(self) -> None:
+        """Raise `RuntimeError` unless the client is open (entered, not closed)."""
+        self._client._require_open()
 
     def start_soon(self, function: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         """Run ``function(*args)`` in the client's task group.

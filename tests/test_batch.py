@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import gc
 import json
 import sqlite3
 from collections.abc import AsyncIterable, AsyncIterator, Callable
@@ -16,7 +17,6 @@ from banana2_async import (
     APIConnectionError,
     AsyncBanana2,
     AuthenticationError,
-    Batch,
     BatchEvent,
     BatchOutcome,
     BudgetExceededError,
@@ -223,6 +223,15 @@ async def test_an_uncertain_submit_is_reported_and_never_resent_unless_asked(sim
         third = await _collect(run)
     assert [(outcome.index, outcome.status) for outcome in third] == [(lost.index, "succeeded")]
     assert sim.stats.tasks_per_prompt[lost.request.prompt] == 2
+
+
+async def test_a_loop_left_early_without_closing_warns_about_nothing(client: AsyncBanana2) -> None:
+    """A run whose loop is left early and never closed holds nothing that warns when it is collected."""
+    run = client.batch(_prompts(3))
+    async for _ in run.events():
+        break
+    del run
+    gc.collect()
 
 
 async def test_a_run_left_early_resumes_without_paying_twice(sim: Simulator, tmp_path: Path) -> None:
@@ -568,7 +577,7 @@ async def test_retry_failed_sends_again_only_rows_that_failed_on_the_server(tmp_
         assert (plan.failed, plan.retryable, plan.retry_credits, plan.submit, plan.retry) == (2, 2, 40, 0, 0)
         assert await _collect(skipped) == []
 
-        run = Batch(client, prompts, journal=journal, retry_failed=True)
+        run = client.batch(prompts, journal=journal, retry_failed=True)
         plan = await run.dry_run()
         assert (plan.submit, plan.retry, plan.retryable, plan.credits, plan.failed) == (2, 2, 0, 40, 0)
         assert plan.retry_credits == 40
@@ -589,7 +598,7 @@ async def test_a_rejected_or_unknown_task_is_not_retried(sim: Simulator, tmp_pat
     journal = tmp_path / "run.db"
     async with sim.client() as client:
         await _collect(client.batch(["bad"], journal=journal))
-        plan = await Batch(client, ["bad"], journal=journal, retry_failed=True).dry_run()
+        plan = await client.batch(["bad"], journal=journal, retry_failed=True).dry_run()
     assert (plan.failed, plan.retry, plan.retryable, plan.submit) == (1, 0, 0, 0)
 
 
@@ -599,16 +608,16 @@ async def test_a_job_grows_by_its_keys_and_refuses_a_changed_paid_row(sim: Simul
     journal = tmp_path / "run.db"
     requests = [GenerationRequest(prompt="a cat"), GenerationRequest(prompt="a dog")]
     async with sim.client() as client:
-        await _collect(Batch(client, requests, journal=journal, keys=["cat", "dog"]))
+        await _collect(client.batch(requests, journal=journal, keys=["cat", "dog"]))
         grown = [GenerationRequest(prompt="a hen"), *requests]
-        run = Batch(client, grown, journal=journal, keys=["hen", "cat", "dog"])
+        run = client.batch(grown, journal=journal, keys=["hen", "cat", "dog"])
         assert (await run.dry_run()).submit == 1
         (added,) = await _collect(run)
         assert (added.index, added.status) == (0, "succeeded")
 
         changed = [GenerationRequest(prompt="a hen"), GenerationRequest(prompt="a cat, blue"), requests[1]]
         with pytest.raises(JournalError, match=r"row 2 \(id 'cat'\) 'a cat' \(succeeded, task .*changed") as caught:
-            await _collect(Batch(client, changed, journal=journal, keys=["hen", "cat", "dog"]))
+            await _collect(client.batch(changed, journal=journal, keys=["hen", "cat", "dog"]))
         assert caught.value.reason == "other-job"
     assert sim.stats.tasks_per_prompt == {"a cat": 1, "a dog": 1, "a hen": 1}
 

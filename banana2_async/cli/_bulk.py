@@ -22,7 +22,7 @@ import anyio.to_thread
 from rich.table import Table
 from rich.text import Text
 
-from banana2_async._batch import Batch, BatchOutcome, BatchPlan, plan_batch, row_kind
+from banana2_async._batch import BatchOutcome, BatchPlan, plan_batch, row_kind
 from banana2_async._client import AsyncBanana2
 from banana2_async._exceptions import (
     APIConnectionError,
@@ -170,8 +170,7 @@ async def _run(output: Output, options: BulkOptions, job: Input, keys: list[str]
     after: BatchPlan | None = None
     async with client:
         progress = BatchProgress(output.err, total=len(job.rows), enabled=output.live)
-        run = Batch(
-            client,
+        run = client.batch(
             job.requests,
             keys=job.ids,
             concurrency=options.concurrency,
