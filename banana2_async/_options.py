@@ -23,7 +23,7 @@ from ._schedule import Interval, RateBudget, parse_interval
 from ._validate import check_non_negative_int, check_positive_int, check_seconds
 
 if TYPE_CHECKING:
-    from ._batch import BatchEvent
+    from ._batch_outcome import BatchEvent
     from ._types import AspectRatio, NotGiven, OutputFormat, Resolution, TaskType
 
 __all__ = [
