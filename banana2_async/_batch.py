@@ -33,7 +33,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from ._batch_outcome import BatchEvent, BatchOutcome, EventKind, OutcomeStatus
 from ._batch_plan import (
@@ -46,14 +46,13 @@ from ._batch_plan import (
     row_kind,
 )
 from ._batch_run import UNREACHABLE_AFTER, BatchClient, BatchRun
-from ._exceptions import InvalidRequestError
 from ._journal import Journal, JournalRow, job_keys, read_journal
 from ._models import GenerationRequest
 from ._queue import EndOfQueue
 from ._types import DEFAULT_BATCH_CONCURRENCY, NOT_GIVEN, NotGiven
+from ._validate import check_non_negative_int, check_positive_int
 
 __all__ = [
-    "DEFAULT_CONCURRENCY",
     "UNREACHABLE_AFTER",
     "Batch",
     "BatchClient",
@@ -69,8 +68,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-DEFAULT_CONCURRENCY: Final = DEFAULT_BATCH_CONCURRENCY
 
 
 def _outcome_of(event: BatchEvent) -> BatchOutcome | None:
@@ -134,7 +131,7 @@ class Batch:
         client: BatchClient,
         requests: Iterable[GenerationRequest | str],
         *,
-        concurrency: int = DEFAULT_CONCURRENCY,
+        concurrency: int = DEFAULT_BATCH_CONCURRENCY,
         journal: str | os.PathLike[str] | None = None,
         max_credits: int | None = None,
         resubmit_uncertain: bool = False,
@@ -144,16 +141,9 @@ class Batch:
         keys: Sequence[str | None] | None = None,
         retry_failed: bool = False,
     ) -> None:
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise InvalidRequestError(
-                f"concurrency must be a positive integer, got {concurrency!r}", field="concurrency"
-            )
-        if max_credits is not None and (
-            isinstance(max_credits, bool) or not isinstance(max_credits, int) or max_credits < 0
-        ):
-            raise InvalidRequestError(
-                f"max_credits must be a non-negative integer or None, got {max_credits!r}", field="max_credits"
-            )
+        check_positive_int(concurrency, "concurrency")
+        if max_credits is not None:
+            check_non_negative_int(max_credits, "max_credits")
         self._client = _seam_of(client)
         self._requests = as_requests(requests)
         self._keys = job_keys(self._requests, keys)

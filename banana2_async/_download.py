@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import math
 import os
 import random
 import re
@@ -36,7 +35,6 @@ from ._exceptions import (
     APIResponseError,
     ConfigurationError,
     DownloadError,
-    InvalidRequestError,
     ResultExpiredError,
 )
 from ._models import GenerationResult
@@ -44,19 +42,14 @@ from ._requests import USER_AGENT
 from ._retry import backoff, outcome_of, retry_after_seconds, status_decision
 from ._send import translated
 from ._types import DEFAULT_DOWNLOAD_MAX_BYTES, DEFAULT_DOWNLOAD_RETRIES, DEFAULT_DOWNLOAD_TIMEOUT
+from ._validate import check_non_negative_int, check_positive_int, check_seconds
 
 __all__ = [
-    "DEFAULT_MAX_BYTES",
-    "DEFAULT_MAX_RETRIES",
-    "DEFAULT_TIMEOUT",
     "download_result",
     "extension_for",
     "safe_stem",
 ]
 
-DEFAULT_MAX_BYTES: Final = DEFAULT_DOWNLOAD_MAX_BYTES
-DEFAULT_MAX_RETRIES: Final = DEFAULT_DOWNLOAD_RETRIES
-DEFAULT_TIMEOUT: Final = DEFAULT_DOWNLOAD_TIMEOUT
 _MAX_RETRY_AFTER: Final = 30.0
 _EXPIRED: Final = frozenset({403, 404, 410})
 # A task id kept as its own stem: lower case (two ids that differ in case alone stay apart on a
@@ -180,18 +173,8 @@ def _result_url(raw: object) -> tuple[httpx.URL | None, str]:
     return url, _http_url(url) or ""
 
 
-def _timeout(value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-        raise InvalidRequestError(f"timeout must be a positive number of seconds, got {value!r}", field="timeout")
-    return float(value)
-
-
 def _retry_after(hint: str | None) -> float | None:
-    try:
-        return retry_after_seconds(hint, now=time.time(), cap=_MAX_RETRY_AFTER)
-    except (ValueError, OverflowError):
-        # A date no calendar holds is no hint.
-        return None
+    return retry_after_seconds(hint, now=time.time(), cap=_MAX_RETRY_AFTER)
 
 
 async def download_result(
@@ -199,9 +182,9 @@ async def download_result(
     result: GenerationResult,
     dest_dir: str | os.PathLike[str],
     *,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    max_retries: int = DEFAULT_MAX_RETRIES,
-    timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 - per attempt, which a caller's own deadline cannot be
+    max_bytes: int = DEFAULT_DOWNLOAD_MAX_BYTES,
+    max_retries: int = DEFAULT_DOWNLOAD_RETRIES,
+    timeout: float = DEFAULT_DOWNLOAD_TIMEOUT,  # noqa: ASYNC109 - per attempt, which a caller's own deadline cannot be
     rng: random.Random | None = None,
 ) -> list[Path]:
     """Download every image of ``result`` into ``dest_dir``; return the paths written, in order.
@@ -231,11 +214,9 @@ async def download_result(
             too large, not an image, over its deadline, still failing after
             ``max_retries`` retries, or a disk error).
     """
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
-        raise InvalidRequestError(f"max_bytes must be a positive integer, got {max_bytes!r}", field="max_bytes")
-    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-        raise InvalidRequestError(f"max_retries must be 0 or more, got {max_retries!r}", field="max_retries")
-    deadline = _timeout(timeout)
+    check_positive_int(max_bytes, "max_bytes")
+    check_non_negative_int(max_retries, "max_retries")
+    deadline = check_seconds(timeout, "timeout")
     directory = Path(dest_dir)
     try:
         await anyio.Path(directory).mkdir(parents=True, exist_ok=True)

@@ -311,8 +311,7 @@ class GenerationResult(BaseModel):
         Raises:
             EmptyResultError: The answer holds no usable image URL.
         """
-        images = [url for url in info.images if url_problem(url) is None]
-        if not images:
+        if not info.images:
             raise EmptyResultError(
                 f"task {info.task_id} was reported as {info.status} but with no usable image URL",
                 task_id=info.task_id,
@@ -321,7 +320,7 @@ class GenerationResult(BaseModel):
             )
         return cls(
             task_id=info.task_id,
-            images=images,
+            images=info.images,
             consumed_credits=info.consumed_credits,
             type=info.type,
             model=info.model,

@@ -18,8 +18,16 @@ from typing import TYPE_CHECKING, Final, TypedDict
 import httpx
 
 from ._exceptions import ConfigurationError, InvalidRequestError
-from ._requests import DEFAULT_BASE_URL, check_base_url
+from ._requests import check_base_url
 from ._schedule import Interval, RateBudget, parse_interval
+from ._types import (
+    DEFAULT_BASE_URL,
+    DEFAULT_NOT_FOUND_GRACE,
+    DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_SUBMIT_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    DEFAULT_WAIT_TIMEOUT,
+)
 from ._validate import check_non_negative_int, check_positive_int, check_seconds
 
 if TYPE_CHECKING:
@@ -28,11 +36,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CLIENT_DEFAULTS",
-    "DEFAULT_NOT_FOUND_GRACE",
-    "DEFAULT_REQUEST_TIMEOUT",
-    "DEFAULT_SUBMIT_TIMEOUT",
-    "DEFAULT_TIMEOUT",
-    "DEFAULT_WAIT_TIMEOUT",
     "BatchOptions",
     "ClientOptions",
     "ClientSettings",
@@ -41,13 +44,6 @@ __all__ = [
     "client_settings",
     "wait_timeout_of",
 ]
-
-DEFAULT_WAIT_TIMEOUT: Final = 600.0
-DEFAULT_NOT_FOUND_GRACE: Final = 10.0
-# The most one request may take, from sending to the last byte of its answer.
-DEFAULT_REQUEST_TIMEOUT: Final = 60.0
-DEFAULT_SUBMIT_TIMEOUT: Final = 600.0
-DEFAULT_TIMEOUT: Final = httpx.Timeout(30.0, connect=10.0)
 
 
 class ClientOptions(TypedDict, total=False):

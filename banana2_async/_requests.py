@@ -18,9 +18,8 @@ import httpx
 from ._exceptions import ConfigurationError, InvalidRequestError
 from ._version import __version__
 
-__all__ = ["API_CODINGS", "DEFAULT_BASE_URL", "USER_AGENT", "RequestFactory", "check_base_url"]
+__all__ = ["API_CODINGS", "USER_AGENT", "RequestFactory", "check_base_url"]
 
-DEFAULT_BASE_URL: Final = "https://banana2api.com"
 USER_AGENT: Final = f"banana2-async/{__version__}"
 # The content codings asked for on API answers: a window of 32 KiB each, where br and zstd let the
 # sender choose one of megabytes, and API answers are too small to gain from them.

@@ -6,12 +6,20 @@ import enum
 from dataclasses import dataclass
 from typing import Final, Literal
 
+import httpx
+
 __all__ = [
     "ASPECT_RATIOS",
+    "DEFAULT_BASE_URL",
     "DEFAULT_BATCH_CONCURRENCY",
     "DEFAULT_DOWNLOAD_MAX_BYTES",
     "DEFAULT_DOWNLOAD_RETRIES",
     "DEFAULT_DOWNLOAD_TIMEOUT",
+    "DEFAULT_NOT_FOUND_GRACE",
+    "DEFAULT_REQUEST_TIMEOUT",
+    "DEFAULT_SUBMIT_TIMEOUT",
+    "DEFAULT_TIMEOUT",
+    "DEFAULT_WAIT_TIMEOUT",
     "NOT_GIVEN",
     "OUTPUT_FORMATS",
     "RESOLUTIONS",
@@ -60,7 +68,16 @@ ASPECT_RATIOS: Final[tuple[AspectRatio, ...]] = (
 RESOLUTIONS: Final[tuple[Resolution, ...]] = ("1k", "2k", "4k")
 OUTPUT_FORMATS: Final[tuple[OutputFormat, ...]] = ("png", "jpeg")
 
-# Defaults of bulk runs and downloads, here so the client's signatures need not import those modules.
+# Every default of the package, in one place: a client's options (collected in `_options.CLIENT_DEFAULTS`),
+# bulk runs and downloads.
+DEFAULT_BASE_URL: Final = "https://banana2api.com"
+DEFAULT_WAIT_TIMEOUT: Final = 600.0
+DEFAULT_NOT_FOUND_GRACE: Final = 10.0
+# The most one request may take, from sending to the last byte of its answer.
+DEFAULT_REQUEST_TIMEOUT: Final = 60.0
+DEFAULT_SUBMIT_TIMEOUT: Final = 600.0
+# httpx's timeouts of each request: of connecting, and of each read and write (seconds).
+DEFAULT_TIMEOUT: Final = httpx.Timeout(30.0, connect=10.0)
 DEFAULT_BATCH_CONCURRENCY: Final = 8
 DEFAULT_DOWNLOAD_MAX_BYTES: Final = 64 * 1024 * 1024
 DEFAULT_DOWNLOAD_RETRIES: Final = 3

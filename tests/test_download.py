@@ -38,7 +38,8 @@ from banana2_async import (
     ResultExpiredError,
     TaskInfo,
 )
-from banana2_async._download import DEFAULT_TIMEOUT, extension_for, safe_stem
+from banana2_async._download import extension_for, safe_stem
+from banana2_async._types import DEFAULT_DOWNLOAD_TIMEOUT
 from banana2_async.testing import ManualClock, Simulator, render_image
 
 pytestmark = pytest.mark.anyio
@@ -559,7 +560,7 @@ async def test_a_dripping_host_is_a_download_error_within_the_timeout(
 def test_the_blocking_client_passes_the_timeout_on(host: _Host, tmp_path: Path) -> None:
     """Banana2.download takes the same timeout, with the same default, as AsyncBanana2.download."""
     for download in (AsyncBanana2.download, Banana2.download):
-        assert inspect.signature(download).parameters["timeout"].default == DEFAULT_TIMEOUT
+        assert inspect.signature(download).parameters["timeout"].default == DEFAULT_DOWNLOAD_TIMEOUT
     with Banana2(api_key=KEY, base_url="https://api.banana2.invalid") as client:
         with pytest.raises(DownloadError, match="took more than"):
             client.download(_result("t23", f"{host.base_url}/drip-body"), tmp_path, timeout=0.2)

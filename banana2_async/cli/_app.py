@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.text import Text
 
-from banana2_async._batch import DEFAULT_CONCURRENCY as BATCH_CONCURRENCY
 from banana2_async._client import AsyncBanana2
 from banana2_async._exceptions import (
     AuthenticationError,
@@ -24,6 +23,7 @@ from banana2_async._exceptions import (
 )
 from banana2_async._models import GenerationRequest, GenerationResult
 from banana2_async._types import ASPECT_RATIOS, OUTPUT_FORMATS, RESOLUTIONS
+from banana2_async._types import DEFAULT_BATCH_CONCURRENCY as BATCH_CONCURRENCY
 from banana2_async._version import __version__
 
 from ._bulk import JOURNAL_NAME, BulkOptions, run_bulk
