@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ._batch_outcome import BatchOutcome as BatchOutcome
     from ._batch_plan import BatchPlan as BatchPlan
     from ._client import AsyncBanana2 as AsyncBanana2
+    from ._client import ClientState as ClientState
     from ._exceptions import APIConnectionError as APIConnectionError
     from ._exceptions import APIResponseError as APIResponseError
     from ._exceptions import APIStatusError as APIStatusError
@@ -50,10 +51,15 @@ if TYPE_CHECKING:
     from ._models import GenerationRequest as GenerationRequest
     from ._models import GenerationResult as GenerationResult
     from ._models import TaskInfo as TaskInfo
+    from ._options import BatchOptions as BatchOptions
+    from ._options import ClientOptions as ClientOptions
+    from ._options import EditOptions as EditOptions
+    from ._options import TaskOptions as TaskOptions
     from ._sync import Banana2 as Banana2
     from ._sync_handles import SyncBatch as SyncBatch
     from ._sync_handles import SyncTaskHandle as SyncTaskHandle
     from ._types import NOT_GIVEN as NOT_GIVEN
+    from ._types import ClientStatistics as ClientStatistics
     from ._types import NotGiven as NotGiven
 
 _MODULES: dict[str, str] = {
@@ -75,6 +81,12 @@ _MODULES: dict[str, str] = {
     "DownloadError": "._exceptions",
     "EmptyResultError": "._exceptions",
     "FailureKind": "._exceptions",
+    "BatchOptions": "._options",
+    "EditOptions": "._options",
+    "TaskOptions": "._options",
+    "ClientOptions": "._options",
+    "ClientState": "._client",
+    "ClientStatistics": "._types",
     "InsufficientCreditsError": "._exceptions",
     "InternalServerError": "._exceptions",
     "InvalidRequestError": "._exceptions",
@@ -112,12 +124,17 @@ __all__ = [
     "Banana2Error",
     "Batch",
     "BatchEvent",
+    "BatchOptions",
     "BatchOutcome",
     "BatchPlan",
     "BudgetExceededError",
     "ClientClosedError",
+    "ClientOptions",
+    "ClientState",
+    "ClientStatistics",
     "ConfigurationError",
     "DownloadError",
+    "EditOptions",
     "EmptyResultError",
     "FailureKind",
     "GenerationRequest",
@@ -137,6 +154,7 @@ __all__ = [
     "TaskFailedError",
     "TaskHandle",
     "TaskInfo",
+    "TaskOptions",
     "TaskTimeoutError",
     "__version__",
 ]

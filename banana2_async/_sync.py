@@ -48,12 +48,13 @@ class Banana2:
     client:``, or call `close` when done: a client left open is closed, with a
     `ResourceWarning`, when it is garbage-collected or the program ends.
 
-    The options are those of [`AsyncBanana2`][banana2_async.AsyncBanana2], and:
-
     Args:
-        http_client: Used on the background thread's loop only.
-        transport: Used on the background thread's loop only.
+        api_key: The API key; defaults to ``$BANANA2_API_KEY``.
         backend: The event loop of the background thread: ``"asyncio"`` or ``"trio"``.
+        **options: Those of [`AsyncBanana2`][banana2_async.AsyncBanana2]
+            ([`ClientOptions`][banana2_async.ClientOptions]); an
+            ``http_client`` or ``transport`` is used on the background
+            thread's loop only.
 
     Raises:
         ConfigurationError: No API key, or an unsafe or invalid base URL.
