@@ -324,12 +324,13 @@ async def _drive(run: SoakRun, outcomes_path: Path) -> None:
                     async with anyio.create_task_group() as group:
                         for _ in range(config.concurrency):
                             group.start_soon(side.worker, client, edit_every, stop)
-                    run.registry_at_barriers.append(len(client.poller))
+                    run.registry_at_barriers.append(client.statistics().tasks_watched)
                     side.sample()
                 run.wall = time.perf_counter() - started
-                run.registry_after = len(client.poller)
-                run.pending_after = len(client.poller.pending())
-                run.polls_sent = client.poller.polls_sent
+                figures = client.statistics()
+                run.registry_after = figures.tasks_watched
+                run.pending_after = figures.handles_pending
+                run.polls_sent = figures.polls_sent
                 side._scan(client, client.http_client)
             side.sample()
     finally:

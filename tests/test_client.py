@@ -214,7 +214,7 @@ async def test_bad_track_arguments_raise(task_id: Any, options: dict[str, Any]) 
     async with open_client(fake) as client:
         with pytest.raises(InvalidRequestError):
             client.track(task_id, **options)
-        assert len(client.poller) == 0
+        assert client.statistics().tasks_watched == 0
     assert fake.log == []
 
 
@@ -325,7 +325,7 @@ async def test_status_inside_the_client_does_not_register_a_poll(api: respx.Mock
     async with make_client() as client:
         info = await client.status("s-1")
         assert info.images == [image_url("s-1")]
-        assert len(client.poller) == 0
+        assert client.statistics().tasks_watched == 0
     assert route.call_count == 1
 
 
@@ -336,7 +336,7 @@ async def test_track_watches_an_existing_task(api: respx.MockRouter) -> None:
     async with make_client() as client:
         handle = client.track("k-1")
         assert isinstance(handle, TaskHandle)
-        assert len(client.poller) == 1
+        assert client.statistics().tasks_watched == 1
         assert (await handle).images == [image_url("k-1")]
     assert route.call_count == 2
 
@@ -364,6 +364,57 @@ async def test_a_client_wide_no_deadline() -> None:
         assert (await client.submit("a fox")).deadline is None
         assert client.track("t").deadline is None
         assert client.track("u", wait_timeout=9.0).deadline is not None
+
+
+# -- statistics -------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_statistics_follow_what_the_client_does() -> None:
+    """Each figure of ``statistics()`` moves with what it counts; a snapshot never changes afterwards."""
+    fake = FakeAPI(lambda _: ("IN_PROGRESS",))
+    fake.submit_replies = [error(503, "busy", **{"Retry-After": "0"})]
+    async with open_client(fake, poll_interval=0.01, max_concurrent_polls=2, wait_timeout=None) as client:
+        idle = client.statistics()
+        assert idle == client.statistics()
+        assert (idle.tasks_watched, idle.handles_pending, idle.polls_sent, idle.poll_workers) == (0, 0, 0, 0)
+        assert (idle.submits_sent, idle.retries, idle.rate_limit_pauses, idle.pause_remaining) == (0, 0, 0, 0.0)
+
+        # A submit refused with a 503 and sent again; a second handle on its task.
+        handle = await client.submit("a fox")
+        fake.script(handle.task_id, "IN_PROGRESS", error(429, "slow down", **{"Retry-After": "0.2"}), "SUCCESS")
+        client.track(handle.task_id)
+        submitted = client.statistics()
+        assert (submitted.submits_sent, submitted.retries) == (2, 1)
+        assert (submitted.tasks_watched, submitted.handles_pending, submitted.polls_sent) == (1, 2, 0)
+
+        # Its second poll gets a 429: every request pauses.
+        await wait_until(lambda: client.statistics().rate_limit_pauses == 1)
+        paused = client.statistics()
+        assert paused.polls_sent == fake.status_requests == 2
+        assert 0 < paused.pause_remaining <= 0.2
+        assert paused.poll_workers == 1
+        await handle
+        settled = client.statistics()
+        assert (settled.tasks_watched, settled.handles_pending, settled.pause_remaining) == (0, 0, 0.0)
+        assert settled.polls_sent == fake.status_requests == 3
+
+        # Three polls due at once with one idle worker start one more, up to max_concurrent_polls.
+        await anyio.wait_all_tasks_blocked()
+        fake.script("a", "SUCCESS")
+        fake.script("b", "SUCCESS")
+        fake.script("c", "SUCCESS")
+        for done in [client.track(task_id) for task_id in "abc"]:
+            await done
+        final = client.statistics()
+        assert (final.poll_workers, final.polls_sent, final.submits_sent, final.retries) == (2, 6, 2, 1)
+        assert final.rate_limit_pauses == 1
+
+    # A snapshot is a frozen value: what it said then, whatever the client did since.
+    assert (paused.polls_sent, paused.rate_limit_pauses, idle.submits_sent) == (2, 1, 0)
+    with pytest.raises(AttributeError):
+        cast(Any, paused).polls_sent = 0
+    assert client.statistics() == final
 
 
 # -- lifecycle --------------------------------------------------------------------------------------
@@ -404,7 +455,7 @@ async def test_leaving_fails_pending_handles_and_leaves_no_task_or_socket() -> N
     assert len(errors) == 4
     assert {exc.task_id for exc in errors} == {handle.task_id for handle in handles}
     assert all(isinstance(handle.exception(), ClientClosedError) for handle in handles)
-    assert len(client.poller) == 0
+    assert client.statistics().tasks_watched == 0
     assert task_count() == before
     assert client.http_client.is_closed
     assert repr(client).endswith("closed>")
@@ -450,7 +501,7 @@ async def test_an_error_in_the_block_propagates_unwrapped() -> None:
     with pytest.raises(ZeroDivisionError):
         await fail_inside()
     assert task_count() == before
-    assert len(clients[0].poller) == 0
+    assert clients[0].statistics().tasks_watched == 0
 
 
 @pytest.mark.anyio
@@ -477,7 +528,7 @@ async def test_after_close_calls_raise_and_handles_fail() -> None:
         released = client.track("t")
         with anyio.move_on_after(0.005):
             await released
-        assert len(client.poller) == 0
+        assert client.statistics().tasks_watched == 0
     sent = len(fake.log)
     with pytest.raises(RuntimeError, match="closed"):
         await client.submit("a fox")
@@ -550,7 +601,7 @@ async def test_leaving_as_completed_early_releases_the_handles() -> None:
             async for done in results:
                 assert done.task_id == "a"
                 break
-        assert len(client.poller) == 0
+        assert client.statistics().tasks_watched == 0
         assert not any(handle.waiting for handle in handles)
         polled = dict(fake.polls)
         clock = client.track("clock")
@@ -574,7 +625,7 @@ async def test_breaking_out_of_an_unclosed_as_completed_warns_about_nothing() ->
             assert done.task_id == "a"
             break
         gc.collect()
-        assert len(client.poller) == 1
+        assert client.statistics().tasks_watched == 1
         fake.script("b", "SUCCESS")
         assert (await handles[1]).task_id == "b"
 
@@ -589,7 +640,7 @@ async def test_as_completed_with_aclosing_lets_go_too() -> None:
             with anyio.move_on_after(0.01):
                 async for _ in results:
                     pass
-        assert len(client.poller) == 0
+        assert client.statistics().tasks_watched == 0
         assert [done async for done in results] == []
 
 
@@ -606,7 +657,7 @@ async def test_leaving_as_completed_early_keeps_handles_others_await() -> None:
             async with client.as_completed(handles) as results:
                 async for _ in results:
                     break
-            assert len(client.poller) == 1
+            assert client.statistics().tasks_watched == 1
             fake.script("b", "SUCCESS")
         assert handles[1].result_nowait().task_id == "b"
 

@@ -71,7 +71,7 @@ async def test_a_submit_waiting_in_line_and_cancelled_is_never_sent() -> None:
                 # The one in flight is shielded: it waits for its answer even though its caller was cancelled.
                 fake.submit_gate.set()
         assert len(fake.submitted) == 1
-        assert len(client.poller) == 1
+        assert client.statistics().tasks_watched == 1
         (task_id,) = fake.submitted
         await wait_until(lambda: fake.polls[task_id] >= 1)
     assert [kind for _, kind, _ in fake.log].count("submit") == 1
@@ -104,7 +104,7 @@ async def test_a_submit_cancelled_while_waiting_for_the_rate_budget_sends_nothin
                 await anyio.wait_all_tasks_blocked()
                 scope.cancel()
         assert len(fake.submitted) == 1
-        assert len(client.poller) == 1
+        assert client.statistics().tasks_watched == 1
 
 
 async def test_a_submit_cancelled_while_waiting_to_retry_a_refusal_sends_nothing_more() -> None:

@@ -225,7 +225,7 @@ async def test_100_requests_for_20_tasks_cost_the_polls_of_20_tasks() -> None:
         async with anyio.create_task_group() as group:
             for index in range(100):
                 group.start_soon(ask, index)
-        polls_sent = _client_of(http).poller.polls_sent
+        polls_sent = _client_of(http).statistics().polls_sent
 
     assert len(answers) == 100
     assert all(answer.status_code == 200 for answer in answers)

@@ -19,11 +19,11 @@ from _fake_api import FakeAPI, error, open_client, task_data, wait_until
 from banana2_async import (
     APIResponseError,
     AuthenticationError,
+    BatchEvent,
     EmptyResultError,
     InternalServerError,
     NotFoundError,
     TaskFailedError,
-    TaskHandle,
     TaskTimeoutError,
 )
 
@@ -63,7 +63,7 @@ async def test_the_number_of_tasks_does_not_grow_with_the_number_of_handles() ->
         idle = task_count()
         assert idle - before_client <= 2  # the poller's dispatcher and the client's task group; no worker yet
         handles = [client.track(f"t{index}") for index in range(1_000)]
-        assert len(client.poller) == 1_000
+        assert client.statistics().tasks_watched == 1_000
         counts = set()
         for rounds in (1, 2, 3):
             await wait_until(lambda: fake.status_requests >= rounds * 1_000)  # noqa: B023 - awaited at once
@@ -87,7 +87,7 @@ async def test_an_idle_poller_sets_no_timer(anyio_backend: str) -> None:
         await anyio.lowlevel.checkpoint()
         assert next_deadline() == math.inf
         await client.track("a")
-        await wait_until(lambda: len(client.poller) == 0)
+        await wait_until(lambda: client.statistics().tasks_watched == 0)
         await anyio.lowlevel.checkpoint()
         assert next_deadline() == math.inf
 
@@ -98,10 +98,10 @@ async def test_the_same_task_is_polled_once_for_many_handles() -> None:
     fake.script("same", "IN_PROGRESS", "IN_PROGRESS", "IN_PROGRESS", "SUCCESS")
     async with open_client(fake) as client:
         handles = [client.track("same") for _ in range(50)]
-        assert len(client.poller) == 1
+        assert client.statistics().tasks_watched == 1
         results = [await handle for handle in handles]
     assert fake.polls["same"] == 4
-    assert client.poller.polls_sent == 4
+    assert client.statistics().polls_sent == 4
     assert {result.task_id for result in results} == {"same"}
     assert all(result.images == results[0].images for result in results)
 
@@ -443,7 +443,7 @@ async def test_the_deadline_raises_task_timeout_and_track_picks_the_task_up_agai
         assert anyio.current_time() - submitted_at >= 0.3
         assert caught.value.task_id == handle.task_id
         assert handle.task_id in str(caught.value)
-        assert len(client.poller) == 0
+        assert client.statistics().tasks_watched == 0
         polled = fake.polls[handle.task_id]
         assert polled >= 1
         # The server finishes the task after all.
@@ -471,7 +471,7 @@ async def test_one_handles_deadline_leaves_the_others_of_the_task_polled() -> No
         hasty = client.track("t", wait_timeout=0.03)
         with pytest.raises(TaskTimeoutError):
             await hasty
-        assert len(client.poller) == 1
+        assert client.statistics().tasks_watched == 1
         assert not patient.done()
         fake.script("t", "SUCCESS")
         assert (await patient).task_id == "t"
@@ -484,7 +484,7 @@ async def test_a_deadline_in_the_past_times_out_when_awaited() -> None:
         handle = client.track("t", wait_timeout=0.05)
         with anyio.move_on_after(0.001):
             await handle
-        assert len(client.poller) == 0
+        assert client.statistics().tasks_watched == 0
         await anyio.sleep(0.06)
         with pytest.raises(TaskTimeoutError):
             await handle
@@ -544,7 +544,7 @@ async def test_a_401_on_a_poll_fails_every_pending_handle() -> None:
         for handle in handles:
             with pytest.raises(AuthenticationError):
                 await handle
-        assert len(client.poller) == 0
+        assert client.statistics().tasks_watched == 0
         polled = fake.status_requests
         await anyio.sleep(0.02)
         assert fake.status_requests == polled
@@ -654,7 +654,7 @@ async def test_a_cancelled_waiter_leaves_the_other_waiters_of_the_handle_unharme
                     await wait_until(lambda: handle.waiting and fake.polls["t"] >= 2)
                     doomed.cancel()
             assert handle.waiting
-            assert len(client.poller) == 1
+            assert client.statistics().tasks_watched == 1
             fake.script("t", "SUCCESS")
     assert results == ["t"]
 
@@ -667,7 +667,7 @@ async def test_a_cancelled_waiter_leaves_other_handles_unharmed() -> None:
         with anyio.move_on_after(0.01):
             await doomed
         assert not doomed.done()
-        assert len(client.poller) == 2
+        assert client.statistics().tasks_watched == 2
         fake.script("t", "SUCCESS")
         fake.script("u", "SUCCESS")
         assert (await same).task_id == "t"
@@ -688,7 +688,7 @@ async def test_when_the_last_waiter_leaves_polling_stops_and_awaiting_again_resu
                 await wait_until(lambda: fake.polls["t"] >= 3)
                 scope.cancel()
         assert not handle.waiting
-        assert len(client.poller) == 1
+        assert client.statistics().tasks_watched == 1
         stopped_at = fake.polls["t"]
         # Let the other task be polled twenty more times: "t" gets at most the one poll that was in flight.
         clock_polls = fake.polls["clock"]
@@ -710,7 +710,7 @@ async def test_a_handle_released_while_its_poll_is_in_flight_resumes_cleanly() -
         await wait_until(lambda: fake.in_flight_by_kind["status"] == 1)
         with anyio.move_on_after(0.001):
             await handle
-        assert len(client.poller) == 0
+        assert client.statistics().tasks_watched == 0
         async with anyio.create_task_group() as group:
             group.start_soon(handle.result)
             await wait_until(lambda: handle.waiting)
@@ -739,7 +739,7 @@ async def test_a_task_released_while_waiting_for_a_worker_is_not_polled_early_wh
             await anyio.sleep(0.01)  # the worker is free to take whatever is in line
             assert fake.polls["t"] == 0
             group.cancel_scope.cancel()
-        assert len(client.poller) == 1  # "busy" only: "t" was released again
+        assert client.statistics().tasks_watched == 1  # "busy" only: "t" was released again
 
 
 async def test_a_released_handle_on_a_shared_task_does_not_stop_it() -> None:
@@ -754,16 +754,24 @@ async def test_a_released_handle_on_a_shared_task_does_not_stop_it() -> None:
         fake.script("t", "SUCCESS")
         await kept
         assert not left.done()
-        assert len(client.poller) == 0
+        assert client.statistics().tasks_watched == 0
 
 
-async def test_handles_of_tasks_watched_by_nobody_are_listed_as_pending() -> None:
-    """``poller.pending()`` lists every handle the poller watches."""
+async def test_statistics_count_the_tasks_watched_and_their_pending_handles() -> None:
+    """Three handles on two tasks: two tasks watched, three handles pending; a handle let go counts no more."""
     fake = FakeAPI(running_forever)
     async with open_client(fake) as client:
         handles = [client.track("a"), client.track("a"), client.track("b")]
-        assert sorted(map(id, client.poller.pending())) == sorted(map(id, handles))
-        assert all(isinstance(handle, TaskHandle) for handle in client.poller.pending())
+        statistics = client.statistics()
+        assert (statistics.tasks_watched, statistics.handles_pending) == (2, 3)
+        with anyio.move_on_after(0.001):
+            await handles[2]
+        statistics = client.statistics()
+        assert (statistics.tasks_watched, statistics.handles_pending) == (1, 2)
+        fake.script("a", "SUCCESS")
+        await handles[0]
+        statistics = client.statistics()
+        assert (statistics.tasks_watched, statistics.handles_pending) == (0, 0)
 
 
 @pytest.mark.parametrize(
@@ -785,7 +793,7 @@ async def test_an_answer_for_a_task_nobody_waits_for_any_more_is_dropped(answer:
         await wait_until(lambda: fake.in_flight == 0)
         await anyio.wait_all_tasks_blocked()
         assert not handle.done()
-        assert len(client.poller) == 0
+        assert client.statistics().tasks_watched == 0
         assert (await handle).task_id == "t"
     assert fake.polls["t"] == 2
 
@@ -812,31 +820,25 @@ async def test_polls_keep_to_the_rate_limit() -> None:
     assert all(when >= started + (k - 200) / 200 - 1e-9 for k, when in enumerate(times, start=1))
 
 
-# -- poll listeners -------------------------------------------------------------------------------
+# -- who hears a poll ----------------------------------------------------------------------------
 
 
-async def test_poll_listeners_hear_every_answered_poll_and_never_break_the_poller(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """A listener is told each answered poll's task id; one that raises is logged and the others go on."""
-    fake = FakeAPI(lambda _: ("IN_PROGRESS", "IN_PROGRESS", "SUCCESS"))
+async def test_a_bulk_run_hears_each_answered_poll_of_its_own_tasks() -> None:
+    """A bulk run gets a ``polled`` event per answered poll of its tasks: none for a failed poll or another task."""
+    fake = FakeAPI(lambda _: ("IN_PROGRESS", error(503), "IN_PROGRESS", "SUCCESS"))
     heard: list[str] = []
 
-    def broken(_: str) -> None:
-        raise RuntimeError("a listener bug")
+    def hear(event: BatchEvent) -> None:
+        if event.kind == "polled":
+            heard.append(event.task_id or "")
 
-    async with open_client(fake) as client:
-        client.poller.add_poll_listener(broken)
-        client.poller.add_poll_listener(heard.append)
-        await client.track("a")
-        client.poller.remove_poll_listener(broken)
-        client.poller.remove_poll_listener(broken)
-        await client.track("b")
-        client.poller.remove_poll_listener(heard.append)
-        await client.track("c")
-    assert heard == ["a"] * fake.polls["a"] + ["b"] * fake.polls["b"]
-    assert fake.polls["c"] == 3
-    assert "a poll listener raised" in caplog.text
+    async with open_client(fake, poll_interval=0.002) as client:
+        outsider = client.track("outsider", wait_timeout=None)
+        outcomes = [outcome async for outcome in client.batch(["a fox", "a hen"], on_event=hear)]
+        await outsider
+    assert all(outcome.ok for outcome in outcomes)
+    assert sorted(heard) == sorted(fake.submitted * 3)
+    assert all(fake.polls[task_id] == 4 for task_id in fake.submitted)
 
 
 # -- memory per pending task -----------------------------------------------------------------------

@@ -130,8 +130,8 @@ async def test_a_storm_of_cancelled_waiters(sim: Simulator, caplog: pytest.LogCa
             assert len(storm.doubled_left_at) == DOUBLED
 
             # Nobody waits for the abandoned tasks: nothing is registered, and none was polled after its waiter left.
-            assert len(client.poller) == 0
-            assert client.poller.pending() == []
+            assert client.statistics().tasks_watched == 0
+            assert client.statistics().handles_pending == 0
             stats = sim.stats
             by_prompt = {task.prompt: task.task_id for task in records.values()}
             # A generate() left while its submit waited in line was never sent: no task, nothing to poll.
@@ -161,7 +161,7 @@ async def test_a_storm_of_cancelled_waiters(sim: Simulator, caplog: pytest.LogCa
             with anyio.fail_after(30):
                 for handle in comeback:
                     assert (await handle).images == [f"{sim.base_url}/results/{handle.task_id}/0.png"]
-            assert len(client.poller) == 0
+            assert client.statistics().tasks_watched == 0
 
     assert {task.id for task in anyio.get_running_tasks()} <= baseline
     assert KEY not in caplog.text

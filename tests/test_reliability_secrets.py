@@ -251,7 +251,7 @@ async def test_a_faulty_run_over_loopback_shows_the_key_nowhere(
                 with pytest.raises(AuthenticationError) as refused_submit:
                     await client.submit("after revocation")
                 outcomes.append(refused_submit.value)
-            texts += [repr(client), str(client), repr(client.poller), repr(server)]
+            texts += [repr(client), str(client), repr(client.statistics()), repr(server)]
 
     kinds = {type(outcome).__name__ for outcome in outcomes}
     assert {"GenerationResult", "TaskFailedError", "SubmissionUncertainError", "AuthenticationError"} <= kinds

@@ -35,8 +35,8 @@ async def test_two_thousand_tasks_resolve_with_the_ideal_number_of_polls() -> No
         async with anyio.create_task_group() as group:
             for n in range(TASKS):
                 group.start_soon(generate, n)
-        assert len(client.poller) == 0
-        polls_sent = client.poller.polls_sent
+        assert client.statistics().tasks_watched == 0
+        polls_sent = client.statistics().polls_sent
     assert len(results) == TASKS
     assert {result.task_id for result in results} == set(fake.submitted)
     # Ideal: each task is polled exactly until the poll that finds it done.
