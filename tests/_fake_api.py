@@ -162,9 +162,19 @@ class FakeAPI:
 
 
 @asynccontextmanager
-async def open_client(fake: FakeAPI, **options: Any) -> AsyncIterator[AsyncBanana2]:
-    """An open client talking to ``fake``, polling every millisecond unless told otherwise."""
+async def open_client(fake: FakeAPI, *, callers_client: bool = False, **options: Any) -> AsyncIterator[AsyncBanana2]:
+    """An open client talking to ``fake``, polling every millisecond unless told otherwise.
+
+    By default the client makes its own httpx client over ``fake``'s transport (``transport=``),
+    the path users get: its polls go straight to the transport. With ``callers_client`` it is
+    given an httpx client of the caller's (``http_client=``) and every request goes through
+    ``client.send``.
+    """
     settings: dict[str, Any] = {"poll_interval": 0.001, "seed": 1234, **options}
+    if not callers_client:
+        async with AsyncBanana2(API_KEY, base_url=BASE_URL, transport=fake.transport(), **settings) as client:
+            yield client
+        return
     async with (
         httpx.AsyncClient(transport=fake.transport()) as http,
         AsyncBanana2(API_KEY, base_url=BASE_URL, http_client=http, **settings) as client,

@@ -485,6 +485,38 @@ async def test_a_callers_http_client_is_left_open() -> None:
 
 
 @pytest.mark.anyio
+async def test_a_callers_http_client_sees_every_request() -> None:
+    """Each submit and poll goes through a caller's httpx client: its event hooks hear every one."""
+    fake = FakeAPI(lambda _: ("IN_PROGRESS", "SUCCESS"))
+    heard: list[str] = []
+
+    async def hook(request: httpx.Request) -> None:
+        heard.append(request.method)
+
+    async with open_client(fake, callers_client=True) as client:
+        client.http_client.event_hooks["request"].append(hook)
+        await client.generate("a fox")
+        await client.track("t")
+    assert heard == ["POST", "GET", "GET", "GET", "GET"]
+    assert fake.status_requests == 4
+
+
+@pytest.mark.anyio
+async def test_event_hooks_given_to_the_clients_own_http_client_hear_every_request() -> None:
+    """Hooks added later to the SDK's own httpx client (``client.http_client``) hear its polls too."""
+    fake = FakeAPI(lambda _: ("IN_PROGRESS", "SUCCESS"))
+    heard: list[str] = []
+
+    async def hook(request: httpx.Request) -> None:
+        heard.append(request.method)
+
+    async with open_client(fake) as client:
+        client.http_client.event_hooks["request"].append(hook)
+        await client.generate("a fox")
+    assert heard == ["POST", "GET", "GET"]
+
+
+@pytest.mark.anyio
 async def test_an_error_in_the_block_propagates_unwrapped() -> None:
     """An exception raised in the body comes out as itself, not inside an ExceptionGroup."""
     fake = FakeAPI(lambda _: ("IN_PROGRESS",))

@@ -31,6 +31,10 @@ pytestmark = pytest.mark.anyio
 
 FOREVER = ("IN_PROGRESS",)
 
+# The two ways a request reaches the fake: the SDK's own httpx client (its polls go straight to the
+# transport), and a caller's ``http_client`` (every request through ``client.send``).
+SENDING_PATHS = pytest.mark.parametrize("callers_client", [False, True], ids=["own-client", "callers-client"])
+
 
 def running_forever(_: str) -> tuple[str, ...]:
     """The script of a task that never finishes."""
@@ -92,11 +96,12 @@ async def test_an_idle_poller_sets_no_timer(anyio_backend: str) -> None:
         assert next_deadline() == math.inf
 
 
-async def test_the_same_task_is_polled_once_for_many_handles() -> None:
+@SENDING_PATHS
+async def test_the_same_task_is_polled_once_for_many_handles(callers_client: bool) -> None:
     """Fifty handles on one task id cost one poll per round, and all get the same result."""
     fake = FakeAPI()
     fake.script("same", "IN_PROGRESS", "IN_PROGRESS", "IN_PROGRESS", "SUCCESS")
-    async with open_client(fake) as client:
+    async with open_client(fake, callers_client=callers_client) as client:
         handles = [client.track("same") for _ in range(50)]
         assert client.statistics().tasks_watched == 1
         results = [await handle for handle in handles]
@@ -204,12 +209,13 @@ async def test_a_rate_limit_counts_each_poll_once() -> None:
 # -- 429 ------------------------------------------------------------------------------------------
 
 
-async def test_a_429_pauses_every_poll_for_retry_after(caplog: pytest.LogCaptureFixture) -> None:
+@SENDING_PATHS
+async def test_a_429_pauses_every_poll_for_retry_after(callers_client: bool, caplog: pytest.LogCaptureFixture) -> None:
     """A 429 on one task's poll holds every task's polls until Retry-After has passed."""
     caplog.set_level(logging.WARNING, logger="banana2_async")
     fake = FakeAPI(lambda _: ("IN_PROGRESS", "SUCCESS"))
     fake.script("a", error(429, "slow down", **{"Retry-After": "0.2"}), "SUCCESS")
-    async with open_client(fake) as client:
+    async with open_client(fake, callers_client=callers_client) as client:
         first = client.track("a")
         await wait_until(lambda: any("rate limited" in record.message for record in caplog.records))
         (limited_at,) = fake.poll_times["a"]
@@ -251,13 +257,14 @@ TRANSIENT: dict[str, Any] = {
 }
 
 
+@SENDING_PATHS
 @pytest.mark.parametrize("failure", list(TRANSIENT), ids=list(TRANSIENT))
-async def test_transient_failures_back_off_and_the_task_still_resolves(failure: str) -> None:
+async def test_transient_failures_back_off_and_the_task_still_resolves(failure: str, callers_client: bool) -> None:
     """Three failed polls in a row back off (1x, 2x, 4x the interval); the fourth answer resolves the task."""
     fake = FakeAPI(lambda _: ("IN_PROGRESS", "SUCCESS"))
     reply = TRANSIENT[failure]
     fake.script("flaky", reply, reply, reply, "SUCCESS")
-    async with open_client(fake, poll_interval=0.01) as client:
+    async with open_client(fake, poll_interval=0.01, callers_client=callers_client) as client:
         flaky = client.track("flaky")
         steady = client.track("steady")
         result = await flaky
@@ -594,12 +601,13 @@ GARBAGE: list[Any] = [
 ]
 
 
-async def test_bad_answers_never_kill_the_poller() -> None:
+@SENDING_PATHS
+async def test_bad_answers_never_kill_the_poller(callers_client: bool) -> None:
     """After a stream of garbage answers for one task, every other task still resolves."""
     fake = FakeAPI(lambda _: ("IN_PROGRESS", "SUCCESS"))
     # Each garbage answer follows a good one, so the backoff starts over and the test stays quick.
     fake.script("bad", *(reply for garbage in GARBAGE for reply in ("IN_PROGRESS", garbage)), "IN_PROGRESS")
-    async with open_client(fake) as client:
+    async with open_client(fake, callers_client=callers_client) as client:
         bad = client.track("bad", wait_timeout=None)
         await wait_until(lambda: fake.polls["bad"] >= 2 * len(GARBAGE) + 2)
         others = [await client.submit(f"fox {n}") for n in range(5)] + [client.track("tracked")]
@@ -619,12 +627,15 @@ async def test_garbage_until_the_deadline_times_out_with_the_cause() -> None:
     assert isinstance(caught.value.__cause__, APIResponseError)
 
 
-async def test_an_unexpected_error_costs_one_task_not_the_poller(caplog: pytest.LogCaptureFixture) -> None:
+@SENDING_PATHS
+async def test_an_unexpected_error_costs_one_task_not_the_poller(
+    callers_client: bool, caplog: pytest.LogCaptureFixture
+) -> None:
     """A bug while polling one task settles that task with the error and is logged; others still resolve."""
     caplog.set_level(logging.ERROR, logger="banana2_async")
     fake = FakeAPI(lambda _: ("IN_PROGRESS", "SUCCESS"))
     fake.script("cursed", RuntimeError("a bug in a transport"))
-    async with open_client(fake) as client:
+    async with open_client(fake, callers_client=callers_client) as client:
         cursed, fine = client.track("cursed"), client.track("fine")
         with pytest.raises(RuntimeError, match="a bug in a transport"):
             await cursed
