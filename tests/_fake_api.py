@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -18,6 +19,8 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import httpx
+import trio.lowlevel
+import trio.testing
 
 from banana2_async import AsyncBanana2
 
@@ -56,7 +59,8 @@ class FakeAPI:
 
     ``script(task_id)`` gives the answers of a task nobody scripted explicitly.
     ``hold`` is how many scheduler checkpoints each request stays in flight, so
-    concurrency builds up. ``gate`` (``submit_gate``), while set to an unset
+    concurrency builds up; ``submit_latency`` is how long (on anyio's clock)
+    each submit then takes. ``gate`` (``submit_gate``), while set to an unset
     event, holds every status request (submit) until the event is set.
     """
 
@@ -65,9 +69,11 @@ class FakeAPI:
         script: Callable[[str], Sequence[Reply]] = lambda _: ("SUCCESS",),
         *,
         hold: int = 0,
+        submit_latency: float = 0.0,
     ) -> None:
         self.default_script = script
         self.hold = hold
+        self.submit_latency = submit_latency
         self.gate: anyio.Event | None = None
         self.submit_gate: anyio.Event | None = None
         self.scripts: dict[str, list[Reply]] = {}
@@ -106,6 +112,8 @@ class FakeAPI:
             for _ in range(self.hold):
                 await anyio.lowlevel.checkpoint()
             if kind == "submit":
+                if self.submit_latency:
+                    await anyio.sleep(self.submit_latency)
                 if self.submit_gate is not None:
                     await self.submit_gate.wait()
                 return await self._submit(request)
@@ -187,3 +195,18 @@ async def wait_until(predicate: Callable[[], bool], *, limit: float = 20.0) -> N
     with anyio.fail_after(limit):
         while not predicate():  # noqa: ASYNC110 - the predicate reads counters, there is no event to wait on
             await anyio.sleep(0.001)
+
+
+def stall(seconds: float) -> None:
+    """Block the event loop for ``seconds``, as a long synchronous call does: no task runs meanwhile.
+
+    On trio's `MockClock` (a ``virtual_clock`` test) the clock jumps ``seconds`` ahead instead.
+    """
+    try:
+        clock = trio.lowlevel.current_clock()
+    except RuntimeError:  # not in trio
+        clock = None
+    if isinstance(clock, trio.testing.MockClock):
+        clock.jump(seconds)
+    else:
+        time.sleep(seconds)

@@ -26,6 +26,9 @@ from banana2_async import (
     TaskInfo,
 )
 
+# On trio, the async tests run on a virtual clock.
+pytestmark = pytest.mark.virtual_clock
+
 STATUS_URL = f"{BASE_URL}/api/status"
 GENERATE_URL = f"{BASE_URL}/api/generate"
 

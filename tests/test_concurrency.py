@@ -8,12 +8,13 @@ from _fake_api import FakeAPI, error, open_client, wait_until
 
 from banana2_async import GenerationResult
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.virtual_clock]
 
 
 async def test_two_thousand_concurrent_submits_all_succeed_within_the_limits() -> None:
     """2,000 coroutines submit at once while polls run: all succeed, never more in flight than the limits allow."""
-    fake = FakeAPI(lambda _: ("IN_PROGRESS", "SUCCESS"), hold=3)
+    # Each submit takes a millisecond, so that polls come due while submits are still in line.
+    fake = FakeAPI(lambda _: ("IN_PROGRESS", "SUCCESS"), hold=3, submit_latency=0.001)
     results: list[GenerationResult] = []
     async with open_client(
         fake, max_concurrent_submits=8, max_concurrent_polls=4, poll_interval=(0.001, 0.002), wait_timeout=None

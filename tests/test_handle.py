@@ -10,7 +10,7 @@ from _fake_api import FakeAPI, image_url, open_client, task_data, wait_until
 
 from banana2_async import GenerationRequest, GenerationResult, TaskFailedError, TaskHandle
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.virtual_clock]
 
 
 async def test_a_pending_handle() -> None:

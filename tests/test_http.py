@@ -15,7 +15,6 @@ import anyio
 import httpx
 import pytest
 import respx
-import trio.testing
 from _marks import HTTPX_ABANDONED_STREAMS
 
 from banana2_async import (
@@ -44,7 +43,8 @@ from banana2_async._secret import Secret
 from banana2_async._send import open_sender
 from banana2_async._throttle import Throttle
 
-pytestmark = pytest.mark.anyio
+# On trio the clock is virtual: backoff sleeps cost no wall time there.
+pytestmark = [pytest.mark.anyio, pytest.mark.virtual_clock]
 
 BASE = "https://banana2api.com"
 KEY = "sk-wire-test-5f1e0c"
@@ -81,14 +81,6 @@ def _raw(status: int, content: bytes, **headers: str) -> httpx.Response:
     return httpx.Response(
         status, stream=httpx.ByteStream(content), headers={"content-length": str(len(content)), **headers}
     )
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str | tuple[str, dict[str, Any]]:
-    """Both backends; trio on an autojump clock, so backoff sleeps cost no wall time there."""
-    if request.param == "trio":
-        return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
-    return "asyncio"
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import logging
 import math
-import time
 import traceback
 import tracemalloc
 from typing import Any
@@ -14,7 +13,7 @@ import anyio
 import anyio.lowlevel
 import httpx
 import pytest
-from _fake_api import FakeAPI, error, open_client, task_data, wait_until
+from _fake_api import FakeAPI, error, open_client, stall, task_data, wait_until
 
 from banana2_async import (
     APIResponseError,
@@ -27,7 +26,7 @@ from banana2_async import (
     TaskTimeoutError,
 )
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.virtual_clock]
 
 FOREVER = ("IN_PROGRESS",)
 
@@ -77,9 +76,9 @@ async def test_the_number_of_tasks_does_not_grow_with_the_number_of_handles() ->
     assert task_count() == before_client
 
 
-async def test_an_idle_poller_sets_no_timer(anyio_backend: str) -> None:
+async def test_an_idle_poller_sets_no_timer(anyio_backend_name: str) -> None:
     """With nothing registered the poller sleeps without a deadline; with tasks done it goes back to that."""
-    if anyio_backend != "trio":
+    if anyio_backend_name != "trio":
         pytest.skip("only trio shows its pending deadlines through a public API")
     import trio
 
@@ -165,7 +164,7 @@ async def test_a_stalled_poller_does_not_catch_up() -> None:
         before = dict(fake.polls)
         stalled_at = anyio.current_time()
         # Block the whole event loop for 30 intervals: no checkpoint, no poll.
-        time.sleep(0.3)  # noqa: ASYNC251
+        stall(0.3)
         await wait_until(lambda: all(fake.polls[f"t{n}"] >= before[f"t{n}"] + 3 for n in range(5)))
         for handle in handles:
             times = [when for when in fake.poll_times[handle.task_id] if when > stalled_at]
@@ -443,16 +442,14 @@ async def test_the_deadline_raises_task_timeout_and_track_picks_the_task_up_agai
     fake = FakeAPI(running_forever)
     async with open_client(fake) as client:
         submitted_at = anyio.current_time()
-        # Long enough for a poll even on a busy machine.
-        handle = await client.submit("a slow fox", wait_timeout=0.3)
+        handle = await client.submit("a slow fox", wait_timeout=0.05)
         with pytest.raises(TaskTimeoutError) as caught:
             await handle
-        assert anyio.current_time() - submitted_at >= 0.3
+        assert anyio.current_time() - submitted_at >= 0.05
         assert caught.value.task_id == handle.task_id
         assert handle.task_id in str(caught.value)
         assert client.statistics().tasks_watched == 0
         polled = fake.polls[handle.task_id]
-        assert polled >= 1
         # The server finishes the task after all.
         fake.script(handle.task_id, "SUCCESS")
         result = await client.track(handle.task_id)
@@ -465,6 +462,8 @@ async def test_a_timeout_after_failed_polls_carries_the_last_failure() -> None:
     fake = FakeAPI()
     fake.script("sick", error(500, "down"))
     async with open_client(fake) as client:
+        client.track("sick", wait_timeout=None)
+        await wait_until(lambda: fake.polls["sick"] >= 1)
         with pytest.raises(TaskTimeoutError) as caught:
             await client.track("sick", wait_timeout=0.05)
     assert isinstance(caught.value.__cause__, InternalServerError)
@@ -621,9 +620,11 @@ async def test_garbage_until_the_deadline_times_out_with_the_cause() -> None:
     fake = FakeAPI()
     fake.script("bad", httpx.Response(200, content=b"<html>"))
     async with open_client(fake) as client:
+        # Polled once before the handle that times out is made: without a poll there is no cause to give.
+        client.track("bad", wait_timeout=None)
+        await wait_until(lambda: fake.polls["bad"] >= 1)
         with pytest.raises(TaskTimeoutError) as caught:
-            # Long enough for a poll even on a busy machine: without one there is no cause to give.
-            await client.track("bad", wait_timeout=0.3)
+            await client.track("bad", wait_timeout=0.05)
     assert isinstance(caught.value.__cause__, APIResponseError)
 
 
@@ -739,7 +740,7 @@ async def test_a_task_released_while_waiting_for_a_worker_is_not_polled_early_wh
         client.track("busy")  # polled at once, and held: the one worker is busy
         await wait_until(lambda: fake.in_flight_by_kind["status"] == 1)
         handle = client.track("t")  # due at once too: in line for the worker
-        await anyio.sleep(0.01)
+        await anyio.wait_all_tasks_blocked()
         with anyio.move_on_after(0.01):
             await handle
         async with anyio.create_task_group() as group:
@@ -747,7 +748,7 @@ async def test_a_task_released_while_waiting_for_a_worker_is_not_polled_early_wh
             await wait_until(lambda: handle.waiting)
             fake.gate.set()
             await wait_until(lambda: fake.in_flight_by_kind["status"] == 0)
-            await anyio.sleep(0.01)  # the worker is free to take whatever is in line
+            await anyio.wait_all_tasks_blocked()  # the worker is free to take whatever is in line
             assert fake.polls["t"] == 0
             group.cancel_scope.cancel()
         assert client.statistics().tasks_watched == 1  # "busy" only: "t" was released again
@@ -867,7 +868,7 @@ async def _memory_of_pending_tasks(count: int, reply: Any) -> int:
             before, _ = tracemalloc.get_traced_memory()
             handles = [client.track(f"t{n:05d}") for n in range(count)]
             await wait_until(lambda: fake.status_requests >= count)
-            await anyio.sleep(0.05)
+            await anyio.wait_all_tasks_blocked()
             gc.collect()
             during, _ = tracemalloc.get_traced_memory()
             assert not any(handle.done() for handle in handles)

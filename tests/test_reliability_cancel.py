@@ -107,8 +107,12 @@ async def _stay(handle: TaskHandle, storm: Storm) -> None:
     storm.results[handle.task_id] = await handle
 
 
+@pytest.mark.slow
+# Real time, on the simulator's clock: in asyncio's debug mode the client is too slow for any
+# cancelled generate() to have been sent before its waiter leaves, so that case goes untested there.
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 async def test_a_storm_of_cancelled_waiters(sim: Simulator, caplog: pytest.LogCaptureFixture) -> None:
-    """1,000 waiters leave at seeded random moments: the others resolve, abandoned tasks get no more polls."""
+    """1,000 waiters leave at random moments (real time): the others resolve, abandoned tasks get no more polls."""
     storm = Storm()
     baseline = {task.id for task in anyio.get_running_tasks()}
     with caplog.at_level(logging.DEBUG):

@@ -8,7 +8,7 @@ from _fake_api import FakeAPI, open_client
 
 from banana2_async import GenerationResult
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.virtual_clock]
 
 TASKS = 2_000
 

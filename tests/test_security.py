@@ -16,7 +16,6 @@ import anyio.abc
 import httpx
 import pytest
 import respx
-import trio.testing
 from _marks import HTTPX_ABANDONED_STREAMS
 
 from banana2_async import (
@@ -31,7 +30,8 @@ from banana2_async import (
     __version__,
 )
 
-pytestmark = pytest.mark.anyio
+# On trio the clock is virtual: backoff sleeps cost no wall time there.
+pytestmark = [pytest.mark.anyio, pytest.mark.virtual_clock]
 
 BASE = "https://banana2api.com"
 KEY = "sk-live-7Hq2ZpX9vW4rT1yB"
@@ -56,14 +56,6 @@ def _done(task_id: str) -> httpx.Response:
 
 def _error(status: int, message: str = "error", **headers: str) -> httpx.Response:
     return _json(status, {"code": status, "message": message, "data": None}, **headers)
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str | tuple[str, dict[str, Any]]:
-    """Both backends; trio on an autojump clock, so backoff sleeps cost no wall time there."""
-    if request.param == "trio":
-        return ("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)})
-    return "asyncio"
 
 
 @pytest.fixture(autouse=True)
