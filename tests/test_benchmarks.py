@@ -51,6 +51,7 @@ def _check(records: list[Record], expected: list[str], *, may_be_missing: frozen
     assert len(render_table(records).splitlines()) == len(records) + 2
 
 
+@pytest.mark.slow
 def test_b1_reports_every_figure() -> None:
     """B1 reports, per size, polls per task, slip, notice latency, CPU and loop lag; then memory and capacity."""
     per_size = [
@@ -93,6 +94,7 @@ def test_b3_reports_http1_and_http2() -> None:
         _check(records, [*expected, f"{label}, HTTP/2"], may_be_missing=frozenset({f"{label}, HTTP/2"}))
 
 
+@pytest.mark.slow
 def test_b4_reports_every_import() -> None:
     """B4 reports each import it measures, and the first request after it, against the baseline."""
     expected = []
@@ -102,6 +104,7 @@ def test_b4_reports_every_import() -> None:
     _check(run_b4(TINY_WIRE, _quiet), expected)
 
 
+@pytest.mark.slow
 def test_b6_reports_bombs_drips_and_error_pages() -> None:
     """B6 reports memory and loop lag per bomb coding installed, the time to a drip's error, and bytes per task."""
     records = run_b6(TINY_HOSTILE, _quiet)

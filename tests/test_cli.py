@@ -336,6 +336,7 @@ def test_verbose_logs_what_the_sdk_does(env: dict[str, str | None], sim: Simulat
     assert "banana2: POST /api/generate -> 200" in loud.stderr
 
 
+@pytest.mark.slow
 def test_demo_runs_a_real_bulk_job_and_summarises_it(tmp_path: Path) -> None:
     """demo runs real tasks against a loopback simulator, downloads real images and reports the run."""
     out = tmp_path / "demo"
@@ -457,6 +458,7 @@ def _cli(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_the_command_runs_as_a_program(tmp_path: Path) -> None:
     """python -m banana2_async.cli runs the demo as a real process; --version and main() behave."""
     demo = _cli("demo", "--count", "2", "--speed", "100", "--out", str(tmp_path / "demo"))

@@ -204,6 +204,7 @@ def test_format_overrides_the_extension(
     assert sorted(body["prompt"] for body in sent()) == ["a cat, sitting", "a dog"]
 
 
+@pytest.mark.slow
 def test_a_dry_run_shows_the_rows_as_read_and_what_a_resume_skips(
     env: dict[str, str | None], sim: Simulator, tmp_path: Path
 ) -> None:
@@ -366,6 +367,7 @@ def _closed_port() -> int:
         return int(probe.getsockname()[1])
 
 
+@pytest.mark.slow
 def test_a_server_that_cannot_be_reached_stops_the_run_early(sim: Simulator, tmp_path: Path) -> None:
     """Against an address where nothing listens, the run stops after the first few submits (each retried as never
     sent), every row ends unsubmitted (in the manifest too), and the run names the address it tried."""

@@ -11,6 +11,7 @@ from banana2_async import GenerationResult
 pytestmark = [pytest.mark.anyio, pytest.mark.virtual_clock]
 
 
+@pytest.mark.slow
 async def test_two_thousand_concurrent_submits_all_succeed_within_the_limits() -> None:
     """2,000 coroutines submit at once while polls run: all succeed, never more in flight than the limits allow."""
     # Each submit takes a millisecond, so that polls come due while submits are still in line.

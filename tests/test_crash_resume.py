@@ -77,6 +77,7 @@ def _run_to_the_end(command: list[str]) -> tuple[int, dict[str, Any]]:
     return done.returncode, json.loads(done.stdout)
 
 
+@pytest.mark.slow
 def test_a_killed_batch_resumes_without_paying_twice(server: SimulatorServer, tmp_path: Path) -> None:
     """SIGKILL mid-run, then the same command: every prompt gets its image, each paid for once; a row whose POST
     was cut off is reported as uncertain, not sent again, and sent only when asked."""

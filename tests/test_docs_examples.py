@@ -147,6 +147,7 @@ def pytest_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tuple
     return outcomes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(PYTEST_EXAMPLES)), ids=[e.id for e in PYTEST_EXAMPLES])
 def test_pytest_example_passes(index: int, pytest_run: dict[str, list[tuple[str, str]]]) -> None:
     """A pytest block, saved as a test module, passes under pytest with the banana2 plugin."""

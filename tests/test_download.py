@@ -690,6 +690,7 @@ async def test_two_downloads_of_one_image_at_once_both_succeed(
 ID_CHARACTERS: Final = "aAzZ09_.-~/\\ :\x00\ud800\u00e9\u0130"
 
 
+@pytest.mark.slow
 @given(first=st.text(ID_CHARACTERS, max_size=6) | st.text(), second=st.text(ID_CHARACTERS, max_size=6) | st.text())
 def test_distinct_task_ids_never_share_a_file_name(first: str, second: str) -> None:
     """safe_stem is injective, even on a disk blind to case, and its names are plain ASCII of bounded length."""

@@ -183,6 +183,7 @@ async def test_a_burst_of_429_on_polls_pauses_and_recovers(client: AsyncBanana2,
     assert sim.stats.count("status", 429) == 20
 
 
+@pytest.mark.slow
 async def test_429_without_retry_after_is_survived(client: AsyncBanana2, sim: Simulator) -> None:
     """A 429 without Retry-After on a poll makes the SDK back off on its own, then the task settles."""
     sim.inject(Fault.rate_limit(None), on="status", times=1)

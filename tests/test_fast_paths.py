@@ -44,6 +44,7 @@ _DATA = st.fixed_dictionaries(
 _CODES = st.none() | st.sampled_from([200, 201, 299, 300, 402, 500, "200", "402", " 404 ", "x", True, 200.0, -5])
 
 
+@pytest.mark.slow
 @given(data=_DATA)
 def test_plainly_running_only_where_parse_task_says_running(data: dict[str, Any]) -> None:
     """Where `plainly_running` is true, the full parse gives a running TaskInfo, not an error."""

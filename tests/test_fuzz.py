@@ -588,6 +588,7 @@ async def test_a_fuzzed_poll_answer_settles_as_read_or_is_retried(
     _no_key(caplog.text)
 
 
+@pytest.mark.slow
 @HTTPX_ABANDONED_STREAMS
 @settings(FUZZ, max_examples=25)
 @given(answer=answers(), position=st.integers(min_value=0, max_value=7))

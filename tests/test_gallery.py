@@ -230,6 +230,7 @@ def _body(dom: str) -> dict[str, str | None]:
     return next(attrs for tag, attrs in _parse(dom).tags if tag == "body")
 
 
+@pytest.mark.slow
 def test_the_gallery_draws_every_thumbnail_from_file_without_a_network(
     chromium: str, server: SimulatorServer, tmp_path: Path
 ) -> None:

@@ -839,6 +839,7 @@ async def test_a_dripping_status_answer_ends_in_api_timeout_at_the_deadline() ->
     assert 0.3 <= elapsed < 1.3
 
 
+@pytest.mark.slow_in_real_time
 async def test_a_dripping_poll_frees_its_worker_for_other_tasks() -> None:
     """With one poll worker, a task whose polls drip does not starve another: the deadline frees the worker."""
 

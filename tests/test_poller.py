@@ -227,6 +227,7 @@ async def test_a_429_pauses_every_poll_for_retry_after(callers_client: bool, cap
     assert all(when >= limited_at + 0.2 for when, _, _ in later)
 
 
+@pytest.mark.slow_in_real_time
 async def test_a_429_without_retry_after_pauses_for_a_backoff() -> None:
     """A bare 429 still pauses polling, for a backoff of at least half a second."""
     fake = FakeAPI()
@@ -877,6 +878,7 @@ async def _memory_of_pending_tasks(count: int, reply: Any) -> int:
     return during - before
 
 
+@pytest.mark.slow
 async def test_a_pending_task_keeps_no_error_page_alive() -> None:
     """Tasks whose last poll got a 256 KiB 502 page cost under 4 KiB each more than tasks polled without error."""
     count = 400

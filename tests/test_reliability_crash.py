@@ -81,6 +81,7 @@ def _kill_when(command: list[str], out: Path, finished: int, pause: float, log: 
     assert process.returncode == -signal.SIGKILL
 
 
+@pytest.mark.slow
 def test_three_kills_at_random_points_then_the_job_completes_without_paying_twice(
     server: SimulatorServer, tmp_path: Path
 ) -> None:

@@ -201,6 +201,7 @@ async def test_downloads_send_no_key_even_to_the_apis_own_host(tmp_path: Path) -
     assert "authorization" not in map(str.lower, downloads[0].headers)
 
 
+@pytest.mark.slow
 async def test_a_faulty_run_over_loopback_shows_the_key_nowhere(
     caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:

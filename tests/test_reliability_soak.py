@@ -24,6 +24,7 @@ FAST = ["--speed", "300", "--read-timeout", "0.5", "--no-tracemalloc"]
 QUIET = FaultMix(server_error=0.0, drop=0.0, rate_limit=0.0, failed=0.0, slow=0.0, ambiguous=0.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_small_soak_holds_every_invariant(backend: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """150 tasks through every fault over loopback: the command exits 0 and every check passes."""
@@ -42,6 +43,7 @@ def test_a_small_soak_holds_every_invariant(backend: str, tmp_path: Path, capsys
     assert "sk-soak-" not in printed.out + printed.err
 
 
+@pytest.mark.slow
 def test_retrying_uncertain_submits_is_caught_paying_twice() -> None:
     """With the client's opt-in to retry maybe-paid submits, the soak sees prompts paid twice and fails."""
     faults = dataclasses.replace(QUIET, ambiguous=0.3)
@@ -52,6 +54,7 @@ def test_retrying_uncertain_submits_is_caught_paying_twice() -> None:
     assert "tasks created == successful submits + uncertain" in failed
 
 
+@pytest.mark.slow
 def test_keeping_every_result_is_caught_as_a_leak() -> None:
     """A run that keeps every settled handle grows per task past the limit the soak judges memory by."""
     config = SoakConfig(tasks=120, concurrency=32, phases=3, speed=300, trace_memory=False, faults=QUIET)

@@ -23,6 +23,7 @@ def script(task_id: str) -> tuple[str, ...]:
     return ("IN_PROGRESS",) * (polls_needed(task_id) - 1) + ("SUCCESS",)
 
 
+@pytest.mark.slow
 async def test_two_thousand_tasks_resolve_with_the_ideal_number_of_polls() -> None:
     """2,000 tasks at millisecond intervals all resolve; the status requests are within 5% of the ideal count."""
     fake = FakeAPI(script)
