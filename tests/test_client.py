@@ -17,6 +17,7 @@ from _fake_api import API_KEY, BASE_URL, FakeAPI, envelope, error, image_url, op
 from banana2_async import (
     AsyncBanana2,
     ClientClosedError,
+    ClientStatistics,
     ConfigurationError,
     GenerationRequest,
     GenerationResult,
@@ -379,6 +380,7 @@ async def test_statistics_follow_what_the_client_does() -> None:
     fake.submit_replies = [error(503, "busy", **{"Retry-After": "0"})]
     async with open_client(fake, poll_interval=0.01, max_concurrent_polls=2, wait_timeout=None) as client:
         idle = client.statistics()
+        assert isinstance(idle, ClientStatistics)
         assert idle == client.statistics()
         assert (idle.tasks_watched, idle.handles_pending, idle.polls_sent, idle.poll_workers) == (0, 0, 0, 0)
         assert (idle.submits_sent, idle.retries, idle.rate_limit_pauses, idle.pause_remaining) == (0, 0, 0, 0.0)
