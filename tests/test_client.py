@@ -584,9 +584,9 @@ async def test_a_client_is_entered_once() -> None:
     client = make_client()
     async with client:
         assert repr(client).endswith("open>")
-        with pytest.raises(RuntimeError, match="already open"):
+        with pytest.raises(RuntimeError, match="is open"):
             await client.__aenter__()
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(RuntimeError, match="is closed"):
         await client.__aenter__()
 
 
