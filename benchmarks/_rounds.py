@@ -3,11 +3,13 @@
 A round registers N tasks spread evenly over one mean poll interval (all N are
 in flight once the last is registered, until the first finishes 5 s later),
 each finishing 5-15 s after its registration, and runs until every task is
-noticed. The SDK registers them as ``submit`` does after its POST
-(``client.poller.attach``), so the figures are the poller's, not the submit
-path's (that is B3). The baseline is what peers do: one asyncio task per task
-looping ``sleep(uniform(2, 3))`` and a raw ``httpx`` GET. Both talk to the same
-`TableTransport` and run in real time on the same event loop type.
+noticed. The SDK registers them as ``submit`` does after its POST, through
+the client's private poller (``client._poller.attach``: the first poll one
+interval on, where the public ``track`` polls at once), so the figures are
+the poller's, not the submit path's (that is B3). The baseline is what peers
+do: one asyncio task per task looping ``sleep(uniform(2, 3))`` and a raw
+``httpx`` GET. Both talk to the same `TableTransport` and run in real time on
+the same event loop type.
 """
 
 from __future__ import annotations
@@ -208,7 +210,7 @@ async def _sdk_round(table: TaskTable, config: B1Config, calibration: float) -> 
         table.resolve(table.index[handle.task_id], time.monotonic())
 
     async with _sdk_client(table, config, seed) as client:
-        attach = client.poller.attach
+        attach = client._poller.attach
 
         def register(index: int, now: float) -> None:
             handle = attach(table.ids[index], wait_timeout=600.0)
@@ -309,7 +311,7 @@ async def _memory(kind: Kind, n: int, config: B1Config) -> float:
             await client.status(table.ids[n])
 
             def register(index: int) -> None:
-                held.append(client.poller.attach(table.ids[index], wait_timeout=600.0))
+                held.append(client._poller.attach(table.ids[index], wait_timeout=600.0))
 
             return await _measure(table, n, register, config)
     async with httpx.AsyncClient(transport=TableTransport(table)) as http:
