@@ -15,12 +15,22 @@ PYTHON = os.environ.get("NOX_PYTHON", "3.11")
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """Run the test suite on asyncio and trio, with branch coverage (fails under 90%)."""
+    """Run the test suite on asyncio (also in debug mode) and trio, with branch coverage (fails under 90%)."""
     session.install("-e", ".[all,test]")
     session.run("coverage", "erase")
     session.run("coverage", "run", "-m", "pytest", *session.posargs)
     session.run("coverage", "combine", success_codes=[0, 1])
     session.run("coverage", "report")
+
+
+@nox.session(python=PYTHON)
+def quick(session: nox.Session) -> None:
+    """The fast loop: the tests not marked slow (nor the runs in asyncio's debug mode), without coverage.
+
+    Not a default session; ``nox -s tests`` runs them all.
+    """
+    session.install("-e", ".[all,test]")
+    session.run("pytest", "-m", "not slow", *session.posargs)
 
 
 @nox.session(python=PYTHON)
