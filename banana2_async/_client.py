@@ -34,7 +34,7 @@ from ._types import (
 from ._validate import check_task_id
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine
+    from collections.abc import Awaitable, Callable, Coroutine
 
     from typing_extensions import Unpack
 
@@ -57,6 +57,69 @@ class ClientState(enum.Enum):
     CLOSED = "closed"
 
 
+class _Lifecycle:
+    """A client's life: the task group its poller runs in, from ``async with`` until closed, once."""
+
+    __slots__ = ("_poller_scope", "state", "task_group")
+
+    def __init__(self) -> None:
+        self.state = ClientState.UNOPENED
+        self.task_group: TaskGroup | None = None
+        # Made when the poller starts: a cancel scope needs a running event loop, and building a client does not.
+        self._poller_scope: anyio.CancelScope | None = None
+
+    async def open(self, run_poller: Callable[..., Coroutine[Any, Any, None]]) -> None:
+        """Enter a task group and start the poller in it, in a scope of its own."""
+        if self.state is not ClientState.UNOPENED:
+            raise RuntimeError(f"this AsyncBanana2 is {self.state.value}: create a new one")
+
+        async def poller(*, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+            # Its own scope, so closing stops the poller without cancelling the code in the `async with` body.
+            with anyio.CancelScope() as self._poller_scope:
+                await run_poller(task_status=task_status)
+
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        try:
+            await task_group.start(poller)
+        except BaseException as exc:
+            task_group.cancel_scope.cancel()
+            await task_group.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        self.task_group = task_group
+        self.state = ClientState.OPENED
+
+    def close(self) -> bool:
+        """Mark the client closed and stop its poller; whether it was not closed already."""
+        if self.state is ClientState.CLOSED:
+            return False
+        self.state = ClientState.CLOSED
+        if self._poller_scope is not None:
+            self._poller_scope.cancel()
+        return True
+
+    async def exit(
+        self, aclose: Callable[[], Awaitable[None]], exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        """Close the client with ``aclose``, then leave the task group."""
+        task_group = self.task_group
+        try:
+            await aclose()
+        finally:
+            if task_group is not None:
+                # The body's own error is not the poller's: it propagates unwrapped,
+                # but a cancellation must reach the task group to be honoured there.
+                passed = exc if isinstance(exc, anyio.get_cancelled_exc_class()) else None
+                await task_group.__aexit__(type(passed) if passed else None, passed, traceback if passed else None)
+
+    def require_open(self) -> None:
+        """Raise `RuntimeError` unless the client is open."""
+        if self.state is ClientState.CLOSED:
+            raise RuntimeError("this AsyncBanana2 is closed")
+        if self.state is ClientState.UNOPENED:
+            raise RuntimeError("use the client as 'async with AsyncBanana2(...) as client:' to submit or track tasks")
+
+
 class AsyncBanana2:
     """The async client of the NanoBanana 2 image API.
 
@@ -66,13 +129,7 @@ class AsyncBanana2:
 
     Args:
         api_key: The API key; defaults to ``$BANANA2_API_KEY``.
-        **options: The client's options (`ClientOptions`, each described
-            there): ``base_url``, ``poll_interval``, ``wait_timeout``,
-            ``http_client``, ``transport``, ``timeout``, ``request_timeout``,
-            ``submit_timeout``, ``max_retries``, ``max_concurrent_submits``,
-            ``max_concurrent_polls``, ``rate_limit``,
-            ``retry_uncertain_submits``, ``allow_insecure_http``,
-            ``not_found_grace``, ``seed``.
+        **options: The client's options, each described at `ClientOptions`.
 
     Raises:
         ConfigurationError: No API key, or an unsafe or invalid base URL.
@@ -122,10 +179,7 @@ class AsyncBanana2:
         # Taking a slot yields once, as anyio's own calls do: a burst of submits over a transport
         # that never waits (an in-process one, say) still lets timers and other tasks run between them.
         self._submit_slots = anyio.Semaphore(settings.max_concurrent_submits)
-        self._task_group: TaskGroup | None = None
-        # Made when the poller starts: a cancel scope needs a running event loop, and building a client does not.
-        self._poller_scope: anyio.CancelScope | None = None
-        self.state: ClientState = ClientState.UNOPENED
+        self._life = _Lifecycle()
 
     def __repr__(self) -> str:
         return f"<AsyncBanana2 base_url={str(self.base_url)!r} {self.state.value}>"
@@ -156,38 +210,19 @@ class AsyncBanana2:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    async def __aenter__(self) -> AsyncBanana2:
-        if self.state is not ClientState.UNOPENED:
-            raise RuntimeError(f"this AsyncBanana2 is {self.state.value}: create a new one")
-        task_group = anyio.create_task_group()
-        await task_group.__aenter__()
-        try:
-            await task_group.start(self._run_poller)
-        except BaseException as exc:
-            task_group.cancel_scope.cancel()
-            await task_group.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
-        self._task_group = task_group
-        self.state = ClientState.OPENED
-        return self
+    @property
+    def state(self) -> ClientState:
+        """Where the client is in its life: made, open, closed."""
+        return self._life.state
 
-    async def _run_poller(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        # Its own scope, so closing stops the poller without cancelling the code in the `async with` body.
-        with anyio.CancelScope() as self._poller_scope:
-            await self._poller.run(task_status=task_status)
+    async def __aenter__(self) -> AsyncBanana2:
+        await self._life.open(self._poller.run)
+        return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> bool | None:
-        task_group = self._task_group
-        try:
-            await self.aclose()
-        finally:
-            if task_group is not None:
-                # The body's own error is not the poller's: it propagates unwrapped,
-                # but a cancellation must reach the task group to be honoured there.
-                passed = exc if isinstance(exc, anyio.get_cancelled_exc_class()) else None
-                await task_group.__aexit__(type(passed) if passed else None, passed, traceback if passed else None)
+        await self._life.exit(self.aclose, exc, traceback)
         return None
 
     async def aclose(self) -> None:
@@ -195,20 +230,13 @@ class AsyncBanana2:
 
         Safe to call more than once.
         """
-        if self.state is ClientState.CLOSED:
-            return
-        self.state = ClientState.CLOSED
-        self._poller.close()
-        if self._poller_scope is not None:
-            self._poller_scope.cancel()
-        with anyio.CancelScope(shield=True):
-            await self._wire.aclose()
+        if self._life.close():
+            self._poller.close()
+            with anyio.CancelScope(shield=True):
+                await self._wire.aclose()
 
     def _require_open(self) -> None:
-        if self.state is ClientState.CLOSED:
-            raise RuntimeError("this AsyncBanana2 is closed")
-        if self.state is ClientState.UNOPENED:
-            raise RuntimeError("use the client as 'async with AsyncBanana2(...) as client:' to submit or track tasks")
+        self._life.require_open()
 
     # -- tasks --------------------------------------------------------------------------------
 
@@ -325,9 +353,7 @@ class AsyncBanana2:
 
         ``async for outcome in client.batch(requests):`` yields a `BatchOutcome`
         per request in the order they finish. Nothing is sent until the loop
-        starts. The options (`BatchOptions`: ``concurrency``, ``journal``,
-        ``max_credits``, ``resubmit_uncertain``, ``dest_dir``, ``on_event``,
-        ``wait_timeout``, ``keys``, ``retry_failed``) are described at `Batch`.
+        starts. The options are described at `BatchOptions`.
 
         Raises:
             InvalidRequestError: A request or an option is invalid (nothing is sent).
@@ -405,10 +431,10 @@ class _BatchSeam:
         Raises:
             RuntimeError: The client is not open.
         """
-        client = self._client
-        client._require_open()
-        assert client._task_group is not None
-        client._task_group.start_soon(function, *args)
+        life = self._client._life
+        life.require_open()
+        assert life.task_group is not None
+        life.task_group.start_soon(function, *args)
 
     def on_poll(self, listener: Callable[[str], object]) -> Callable[[], None]:
         """Call ``listener(task_id)`` after each answered poll; return what stops it."""

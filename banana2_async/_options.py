@@ -47,24 +47,43 @@ __all__ = [
 
 
 class ClientOptions(TypedDict, total=False):
-    """The options of `AsyncBanana2` and `Banana2`; `AsyncBanana2` says what each does."""
+    """The options of `AsyncBanana2` and `Banana2`, each with its default (README's "Client options" too)."""
 
     base_url: str | None
+    """The API's address; defaults to ``$BANANA2_BASE_URL``, else ``https://banana2api.com``."""
     poll_interval: float | tuple[float, float]
+    """Seconds between two polls of a task: a number, or ``(low, high)`` to draw each from (2-3 s)."""
     wait_timeout: float | None
+    """Default deadline of a handle in seconds (600); ``None`` for none."""
     http_client: httpx.AsyncClient | None
+    """An ``httpx.AsyncClient`` of your own (proxies, HTTP/2), not closed by the SDK; keep its pool at least
+    ``max_concurrent_submits + max_concurrent_polls``."""
     transport: httpx.AsyncBaseTransport | None
+    """The transport of the SDK's own httpx client (HTTP/2, a mock, a simulator's); closed with the client.
+    Not with ``http_client``."""
     timeout: float | httpx.Timeout
+    """httpx's timeouts of each request: of connecting, and of each read and write (30 s, 10 s to connect)."""
     request_timeout: float
+    """The whole-request deadline (60 s): from sending to the last byte of the answer, however the server
+    drips it. A poll or ``status()`` past it raises `APITimeoutError`; a sent submit, `SubmissionUncertainError`."""
     submit_timeout: float
+    """The deadline of one ``submit()`` as a whole (600 s), waits for a slot and for 429/503 retries included."""
     max_retries: int
+    """How often a request is retried where retrying is safe (3)."""
     max_concurrent_submits: int
+    """Submits in flight at once (16); more wait in line."""
     max_concurrent_polls: int
+    """Status polls in flight at once (48): the most poll workers, started as polls come due."""
     rate_limit: float | None
+    """Requests per second shared by submits and polls; ``None`` for no limit. A 429 pauses all either way."""
     retry_uncertain_submits: bool
+    """Retry a submit that may have been paid for instead of raising `SubmissionUncertainError` (off)."""
     allow_insecure_http: bool
+    """Allow a plain ``http://`` base URL to a host other than loopback (off)."""
     not_found_grace: float
+    """Seconds after a submit during which a 404 on a poll is taken as the server not having caught up (10)."""
     seed: int | None
+    """Seeds the jitter of poll intervals and backoffs, for reproducible runs."""
 
 
 CLIENT_DEFAULTS: Final[ClientOptions] = {
@@ -104,17 +123,28 @@ class TaskOptions(EditOptions, total=False):
 
 
 class BatchOptions(TypedDict, total=False):
-    """The options of a bulk run (`AsyncBanana2.batch`), which says what each does."""
+    """The options of a bulk run (`AsyncBanana2.batch`)."""
 
     concurrency: int
+    """Tasks in flight at once, from submit until downloaded (8)."""
     journal: str | os.PathLike[str] | None
+    """A sqlite file recording the run; the same job run again with it resumes without paying twice."""
     max_credits: int | None
+    """Refuse to start (`BudgetExceededError`) if the run would cost more."""
     resubmit_uncertain: bool
+    """Send again the rows of an earlier run whose submit may have been paid for without an answer."""
     dest_dir: str | os.PathLike[str] | None
+    """Download each result there (see `AsyncBanana2.download`)."""
     on_event: Callable[[BatchEvent], object] | None
+    """Called with every `BatchEvent` (submitted, tracked, polled, succeeded, failed) while the run is iterated."""
     wait_timeout: float | NotGiven | None
+    """Deadline of each task; the client's default if not given."""
     keys: Sequence[str | None] | None
+    """Each request's own id in the job (a row's ``id``), so that a job may grow; ``None`` (or a ``None`` key)
+    identifies a request by its content."""
     retry_failed: bool
+    """Send again the rows of an earlier run whose task failed on the server (or succeeded without images);
+    this costs credits."""
 
 
 @dataclass(frozen=True)

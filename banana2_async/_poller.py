@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
 import anyio
@@ -50,6 +50,52 @@ class _Entry:
         self.last_error: BaseException | None = None
 
 
+class _WorkerPool:
+    """At most ``size`` workers, each polling the entries it takes off one `Queue`.
+
+    A worker is started only when entries come and no worker waits for one:
+    a pool of any size costs nothing until polls come due that fast.
+    """
+
+    __slots__ = ("_group", "_poll", "_queue", "_size", "hired")
+
+    def __init__(self, size: int, poll: Callable[[_Entry], Awaitable[None]]) -> None:
+        self._size = size
+        self._poll = poll
+        self._queue: Queue[_Entry] = Queue()
+        self._group: TaskGroup | None = None
+        self.hired = 0
+
+    def start(self, group: TaskGroup) -> None:
+        """Start workers in ``group`` from now on."""
+        self._group = group
+
+    def hand(self, entries: list[_Entry]) -> None:
+        """Put ``entries`` in line, oldest first; start workers for those no idle worker takes."""
+        unserved = len(entries) - self._queue.extend(entries)
+        group = self._group
+        if unserved > 0 and self.hired < self._size and group is not None:
+            for _ in range(min(unserved, self._size - self.hired)):
+                self.hired += 1
+                group.start_soon(self._work)
+
+    def close(self) -> None:
+        """Let every worker end once the line is empty."""
+        self._queue.clear()
+        self._queue.close()
+
+    async def _work(self) -> None:
+        queue, poll = self._queue, self._poll
+        while True:
+            try:
+                entry = queue.get_nowait() if queue else await queue.get()
+            except EndOfQueue:
+                return
+            await poll(entry)
+            # Other tasks get their turn between polls, also with a transport that never waits.
+            await anyio.lowlevel.checkpoint()
+
+
 class Poller:
     """Watches every in-flight task of one client and settles its handles."""
 
@@ -57,19 +103,16 @@ class Poller:
         "_closed",
         "_coalesce",
         "_deadlines",
-        "_due",
         "_entries",
-        "_hired",
         "_listeners",
-        "_max_concurrent",
         "_not_found_grace",
+        "_pool",
         "_schedule",
         "_throttle",
         "_unknown_logged",
         "_wake_at",
         "_wakeup",
         "_wire",
-        "_workers",
         "polls_sent",
     )
 
@@ -85,17 +128,11 @@ class Poller:
     ) -> None:
         self._wire = wire
         self._throttle = throttle
-        self._max_concurrent = max_concurrent_polls
-        # The task group the workers run in, and how many were started: a pool of any size costs nothing until used.
-        self._workers: TaskGroup | None = None
-        self._hired = 0
         self._not_found_grace = not_found_grace
         self._schedule: PollSchedule[str] = PollSchedule(interval, rng)
         self._deadlines: TimerHeap[TaskHandle] = TimerHeap()
         self._entries: dict[str, _Entry] = {}
-        # The entries of due tasks, oldest first. An entry, not an id: a task released and tracked
-        # again while in line has a new entry, due one interval on.
-        self._due: Queue[_Entry] = Queue()
+        self._pool = _WorkerPool(max_concurrent_polls, self._poll_if_watched)
         # Polls due within this window are sent together: fewer wake-ups, a few ms of slip.
         self._coalesce = min(0.01, interval[0] / 10)
         self._wakeup: anyio.Event | None = None
@@ -115,7 +152,7 @@ class Poller:
     @property
     def workers(self) -> int:
         """How many poll workers were started."""
-        return self._hired
+        return self._pool.hired
 
     def pending(self) -> list[TaskHandle]:
         """Every handle the poller is watching."""
@@ -220,29 +257,27 @@ class Poller:
         self.fail_all(ClientClosedError)
         if self._wakeup is not None:
             self._wakeup.set()
-        self._due.close()
+        self._pool.close()
 
     # -- the coroutines ------------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Dispatch due polls to the workers until cancelled."""
         self._wakeup = anyio.Event()
-        async with anyio.create_task_group() as self._workers:
+        async with anyio.create_task_group() as workers:
+            self._pool.start(workers)
             task_status.started()
             await self._dispatch()
 
     async def _dispatch(self) -> None:
-        schedule, deadlines, due, entries = self._schedule, self._deadlines, self._due, self._entries
+        schedule, deadlines, pool, entries = self._schedule, self._deadlines, self._pool, self._entries
         while not self._closed:
             now = anyio.current_time()
             for handle in deadlines.pop_due(now):
                 self._expire(handle)
             paused = self._throttle.pause_remaining()
             if paused <= 0:
-                ready = [entry for task_id in schedule.pop_due(now) if (entry := entries.get(task_id)) is not None]
-                unserved = len(ready) - due.extend(ready)
-                if unserved > 0 and self._hired < self._max_concurrent:
-                    self._hire(unserved)
+                pool.hand([entry for task_id in schedule.pop_due(now) if (entry := entries.get(task_id)) is not None])
             wake = math.inf
             next_poll = schedule.next_time()
             if next_poll is not None:
@@ -261,25 +296,10 @@ class Poller:
             if wakeup.is_set():
                 self._wakeup = anyio.Event()
 
-    def _hire(self, count: int) -> None:
-        """Start up to ``count`` more workers, within ``max_concurrent_polls``."""
-        workers = self._workers
-        assert workers is not None
-        for _ in range(min(count, self._max_concurrent - self._hired)):
-            self._hired += 1
-            workers.start_soon(self._work)
-
-    async def _work(self) -> None:
-        due, entries = self._due, self._entries
-        while True:
-            try:
-                entry = due.get_nowait() if due else await due.get()
-            except EndOfQueue:
-                return
-            if entries.get(entry.task_id) is entry:
-                await self._poll(entry)
-                # Other tasks get their turn between polls, also with a transport that never waits.
-                await anyio.lowlevel.checkpoint()
+    async def _poll_if_watched(self, entry: _Entry) -> None:
+        # An entry, not an id, was put in line: a task released and tracked again meanwhile has a new one.
+        if self._entries.get(entry.task_id) is entry:
+            await self._poll(entry)
 
     async def _poll(self, entry: _Entry) -> None:
         task_id = entry.task_id
