@@ -18,6 +18,7 @@ import brotli  # type: ignore[import-untyped]
 import httpx
 import pytest
 import zstandard
+from _bombs import BOMBS, MIB, gzip_bomb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -33,41 +34,9 @@ from banana2_async._body import (
 
 pytestmark = pytest.mark.anyio
 
-MIB: Final = 1024 * 1024
 # Each decoding step gives at most about a step; brotli's output buffer grows a block past its limit.
 ONE_STEP: Final = 2 * STEP
 
-
-def _gzip_bomb(mebibytes: int, *, wbits: int = 31) -> bytes:
-    """A gzip (or zlib, or raw deflate) stream of ``mebibytes`` MiB of zeros, never ended, about a KiB per MiB."""
-    compressor = zlib.compressobj(9, zlib.DEFLATED, wbits)
-    zeros = bytes(MIB)
-    first = compressor.compress(zeros) + compressor.flush(zlib.Z_FULL_FLUSH)
-    # After a full flush nothing refers back: every further MiB of zeros compresses alike.
-    again = compressor.compress(zeros) + compressor.flush(zlib.Z_FULL_FLUSH)
-    return first + again * (mebibytes - 1)
-
-
-def _brotli_bomb(mebibytes: int) -> bytes:
-    """A br stream of ``mebibytes`` MiB of zeros (a multiple of 16), never ended, about 3 KiB per 16 MiB."""
-    compressor = brotli.Compressor(quality=1)
-    zeros = bytes(16 * MIB)
-    first: bytes = compressor.process(zeros) + compressor.flush()
-    again: bytes = compressor.process(zeros) + compressor.flush()
-    return first + again * (mebibytes // 16 - 1)
-
-
-def _zstd_bomb(mebibytes: int) -> bytes:
-    """Frames of 64 MiB of zeros each, ``mebibytes`` MiB (a multiple of 64) in all, about 2 KiB a frame."""
-    return zstandard.ZstdCompressor(level=1).compress(bytes(64 * MIB)) * (mebibytes // 64)
-
-
-BOMBS: Final[dict[str, Callable[[int], bytes]]] = {
-    "gzip": _gzip_bomb,
-    "deflate": lambda mebibytes: _gzip_bomb(mebibytes, wbits=15),
-    "br": _brotli_bomb,
-    "zstd": _zstd_bomb,
-}
 
 CODERS: Final[dict[str, Callable[[bytes], bytes]]] = {
     "gzip": gzip.compress,
@@ -344,7 +313,7 @@ async def test_leaving_a_real_body_early_finishes_httpx_generators(coding: str |
         if coding is None:
             await _drip_forever(stream)
         else:
-            await stream.send(_head(None, content_encoding=coding) + _gzip_bomb(64))
+            await stream.send(_head(None, content_encoding=coding) + gzip_bomb(64))
             await anyio.sleep_forever()
 
     async with _serving(answer) as base_url, httpx.AsyncClient() as client:

@@ -14,17 +14,15 @@ import sys
 import threading
 import time
 import tracemalloc
-import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Final
 
 import anyio
-import brotli  # type: ignore[import-untyped]
 import httpx
 import pytest
-import zstandard
+from _bombs import MIB, brotli_bomb, gzip_bomb, zstd_bomb
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -47,36 +45,16 @@ pytestmark = pytest.mark.anyio
 KEY = "sk-download-test-secret"
 PNG = render_image("a red bicycle", "1:1", "1k", "png")
 JPEG = render_image("a red bicycle", "1:1", "1k", "jpeg")
-MIB: Final = 1024 * 1024
-
-
-def _gzip_bomb(mebibytes: int) -> bytes:
-    """A gzip stream of ``mebibytes`` MiB of zeros, never ended: about a KiB per MiB."""
-    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
-    zeros = bytes(MIB)
-    first = compressor.compress(zeros) + compressor.flush(zlib.Z_FULL_FLUSH)
-    # After a full flush nothing refers back: every further MiB of zeros compresses alike.
-    again = compressor.compress(zeros) + compressor.flush(zlib.Z_FULL_FLUSH)
-    return first + again * (mebibytes - 1)
-
-
-def _brotli_bomb(mebibytes: int) -> bytes:
-    """A br stream of ``mebibytes`` MiB of zeros (a multiple of 16), never ended."""
-    compressor = brotli.Compressor(quality=1)
-    zeros = bytes(16 * MIB)
-    first: bytes = compressor.process(zeros) + compressor.flush()
-    again: bytes = compressor.process(zeros) + compressor.flush()
-    return first + again * (mebibytes // 16 - 1)
 
 
 @functools.cache
 def _bomb(coding: str) -> bytes:
     """1 GiB of zeros from about 1 MiB of gzip; 256 MiB from some KiB of br or zstd."""
     if coding == "gzip":
-        return _gzip_bomb(1024)
+        return gzip_bomb(1024)
     if coding == "br":
-        return _brotli_bomb(256)
-    return zstandard.ZstdCompressor(level=1).compress(bytes(64 * MIB)) * 4
+        return brotli_bomb(256)
+    return zstd_bomb(256)
 
 
 class _Handler(BaseHTTPRequestHandler):
