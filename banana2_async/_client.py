@@ -175,6 +175,7 @@ class AsyncBanana2:
             throttle=self._throttle,
             not_found_grace=settings.not_found_grace,
             rng=self._rng,
+            learn_first_poll=settings.learn_first_poll,
         )
         # Taking a slot yields once, as anyio's own calls do: a burst of submits over a transport
         # that never waits (an in-process one, say) still lets timers and other tasks run between them.

@@ -28,7 +28,7 @@ from ._types import (
     DEFAULT_TIMEOUT,
     DEFAULT_WAIT_TIMEOUT,
 )
-from ._validate import check_non_negative_int, check_positive_int, check_seconds
+from ._validate import check_bool, check_non_negative_int, check_positive_int, check_seconds
 
 if TYPE_CHECKING:
     from ._batch_outcome import BatchEvent
@@ -53,6 +53,10 @@ class ClientOptions(TypedDict, total=False):
     """The API's address; defaults to ``$BANANA2_BASE_URL``, else ``https://banana2api.com``."""
     poll_interval: float | tuple[float, float]
     """Seconds between two polls of a task: a number, or ``(low, high)`` to draw each from (2-3 s)."""
+    learn_first_poll: bool
+    """Place a submitted task's first poll by how long tasks of its type and resolution have been taking (on):
+    at their median, but no more than one mean ``poll_interval`` after the fastest of the last 32, and at most
+    60 s after the submit; every ``poll_interval`` after that. ``False`` polls from the submit on."""
     wait_timeout: float | None
     """Default deadline of a handle in seconds (600); ``None`` for none."""
     http_client: httpx.AsyncClient | None
@@ -89,6 +93,7 @@ class ClientOptions(TypedDict, total=False):
 CLIENT_DEFAULTS: Final[ClientOptions] = {
     "base_url": None,
     "poll_interval": (2.0, 3.0),
+    "learn_first_poll": True,
     "wait_timeout": DEFAULT_WAIT_TIMEOUT,
     "http_client": None,
     "transport": None,
@@ -154,6 +159,7 @@ class ClientSettings:
     api_key: str = field(repr=False)
     base_url: httpx.URL
     interval: Interval
+    learn_first_poll: bool
     wait_timeout: float | None
     http_client: httpx.AsyncClient | None
     transport: httpx.AsyncBaseTransport | None
@@ -193,7 +199,7 @@ def client_settings(api_key: str | None, options: Mapping[str, object]) -> Clien
     base_url = given["base_url"]
     url = check_base_url(
         str(base_url or os.environ.get("BANANA2_BASE_URL") or DEFAULT_BASE_URL),
-        allow_insecure_http=bool(given["allow_insecure_http"]),
+        allow_insecure_http=check_bool(given["allow_insecure_http"], "allow_insecure_http"),
     )
     try:
         interval = parse_interval(given["poll_interval"])  # type: ignore[arg-type]
@@ -212,6 +218,7 @@ def client_settings(api_key: str | None, options: Mapping[str, object]) -> Clien
         api_key=key,
         base_url=url,
         interval=interval,
+        learn_first_poll=check_bool(given["learn_first_poll"], "learn_first_poll"),
         wait_timeout=None if wait_timeout is None else check_seconds(wait_timeout, "wait_timeout"),
         http_client=given["http_client"],  # type: ignore[arg-type]
         transport=given["transport"],  # type: ignore[arg-type]
@@ -222,7 +229,7 @@ def client_settings(api_key: str | None, options: Mapping[str, object]) -> Clien
         max_concurrent_submits=check_positive_int(given["max_concurrent_submits"], "max_concurrent_submits"),
         max_concurrent_polls=check_positive_int(given["max_concurrent_polls"], "max_concurrent_polls"),
         budget=budget,
-        retry_uncertain_submits=bool(given["retry_uncertain_submits"]),
+        retry_uncertain_submits=check_bool(given["retry_uncertain_submits"], "retry_uncertain_submits"),
         not_found_grace=check_seconds(given["not_found_grace"], "not_found_grace", zero=True),
         rng=rng,
     )

@@ -23,6 +23,7 @@ import anyio.lowlevel
 from ._decisions import BackOff, Fail, FailEveryTask, PauseEverything, PollAgain, PollDecision, Settle, decide_poll
 from ._exceptions import Banana2Error, ClientClosedError, TaskTimeoutError
 from ._handle import TaskHandle
+from ._learn import DurationLearner
 from ._queue import EndOfQueue, Queue
 from ._schedule import Interval, PollSchedule, TimerHeap
 
@@ -39,15 +40,23 @@ logger = logging.getLogger("banana2_async")
 
 _MAX_UNKNOWN_LOGGED: Final = 64
 
+# A kind of task, as far as how long it takes: its type and resolution.
+_Kind = tuple[str, str]
+
 
 class _Entry:
-    __slots__ = ("handles", "last_error", "registered_at", "task_id")
+    __slots__ = ("handles", "kind", "last_error", "registered_at", "running_at", "task_id")
 
     def __init__(self, task_id: str, registered_at: float, handle: TaskHandle) -> None:
         self.task_id = task_id
         self.handles: list[TaskHandle] = [handle]
         self.registered_at = registered_at
         self.last_error: BaseException | None = None
+        # What the learned schedule knows the task by, for one submitted here: its type and resolution.
+        request = handle.request
+        self.kind: _Kind | None = None if request is None else (request.task_type, request.resolution or "1k")
+        # When a poll last found it running (anyio's clock).
+        self.running_at: float | None = None
 
 
 class _WorkerPool:
@@ -104,6 +113,7 @@ class Poller:
         "_coalesce",
         "_deadlines",
         "_entries",
+        "_learner",
         "_listeners",
         "_not_found_grace",
         "_pool",
@@ -125,11 +135,16 @@ class Poller:
         throttle: Throttle,
         not_found_grace: float,
         rng: random.Random,
+        learn_first_poll: bool = True,
     ) -> None:
         self._wire = wire
         self._throttle = throttle
         self._not_found_grace = not_found_grace
         self._schedule: PollSchedule[str] = PollSchedule(interval, rng)
+        low, high = interval
+        self._learner: DurationLearner[_Kind] | None = (
+            DurationLearner(lead=(low + high) / 2, floor=low) if learn_first_poll else None
+        )
         self._deadlines: TimerHeap[TaskHandle] = TimerHeap()
         self._entries: dict[str, _Entry] = {}
         self._pool = _WorkerPool(max_concurrent_polls, self._poll_if_watched)
@@ -184,7 +199,7 @@ class Poller:
         self._register(handle, now, immediately=immediately)
         return handle
 
-    def _register(self, handle: TaskHandle, now: float, *, immediately: bool = False) -> None:
+    def _register(self, handle: TaskHandle, now: float, *, immediately: bool = False, fresh: bool = True) -> None:
         if self._closed:
             handle._set_error(ClientClosedError(handle.task_id))
             return
@@ -193,7 +208,11 @@ class Poller:
             # A 404 is forgiven only right after a submit: a tracked task is one the server has.
             registered_at = now if handle.request is not None else -math.inf
             entry = self._entries[handle.task_id] = _Entry(handle.task_id, registered_at, handle)
-            self._wake_by(self._schedule.add(handle.task_id, now, immediately=immediately))
+            if not fresh:
+                # Polled again after a release: how long it has run is no longer known here.
+                entry.kind = None
+            delay = None if immediately else self._first_poll(entry, handle.deadline, now)
+            self._wake_by(self._schedule.add(handle.task_id, now, immediately=immediately, delay=delay))
         else:
             entry.handles.append(handle)
         if handle.deadline is not None:
@@ -203,13 +222,23 @@ class Poller:
             self._deadlines.set(handle, handle.deadline)
             self._wake_by(handle.deadline)
 
+    def _first_poll(self, entry: _Entry, deadline: float | None, now: float) -> float | None:
+        """Seconds to a new task's first poll, as learned; ``None`` for one poll interval."""
+        if self._learner is None or entry.kind is None:
+            return None
+        delay = self._learner.first_poll(entry.kind)
+        if delay is not None and deadline is not None:
+            # A task is polled at least once before its handle's deadline.
+            delay = max(0.0, min(delay, deadline - now - self._coalesce * 2))
+        return delay
+
     def resume(self, handle: TaskHandle) -> None:
         """Poll for ``handle`` again if it was released and is still pending."""
         if handle.done():
             return
         entry = self._entries.get(handle.task_id)
         if entry is None or handle not in entry.handles:
-            self._register(handle, anyio.current_time())
+            self._register(handle, anyio.current_time(), fresh=False)
 
     def release(self, handle: TaskHandle) -> None:
         """Stop polling for ``handle``; the task stops being polled when no handle is left."""
@@ -330,9 +359,11 @@ class Poller:
             case PollAgain(unknown_status=unknown):
                 if unknown is not None:
                     self._log_unknown(unknown)
+                entry.running_at = sent_at
                 if watched:
                     self._wake_by(self._schedule.polled(task_id, sent_at))
             case Settle(result=result):
+                self._learn(entry, sent_at)
                 self._settle(task_id, result, None)
             case Fail(error=error):
                 self._settle(task_id, None, error)
@@ -350,6 +381,14 @@ class Poller:
                     logger.debug("poll of task %s failed (%s); backing off", task_id, type(error).__name__)
                     entry.last_error = _slim(error)
                     self._wake_by(self._schedule.failed(task_id, sent_at, retry_after=retry_after))
+
+    def _learn(self, entry: _Entry, done_at: float) -> None:
+        """Learn how long ``entry``'s task took, if it was submitted by this client."""
+        if self._learner is None or entry.kind is None or entry.registered_at == -math.inf:
+            return
+        start = entry.registered_at
+        running_at = None if entry.running_at is None else entry.running_at - start
+        self._learner.learn(entry.kind, running_at=running_at, done_at=done_at - start)
 
     def _tell_listeners(self, task_id: str) -> None:
         for listener in list(self._listeners):

@@ -110,7 +110,8 @@ class TimerHeap(Generic[K]):
 class PollSchedule(Generic[K]):
     """When each task is next polled.
 
-    A task is first due one interval after it is added. After each poll it is
+    A task is first due one interval after it is added, or when the caller
+    says (a first poll learned from how long tasks take). After each poll it is
     due one freshly drawn interval after the moment that poll was *sent*, so a
     stall never causes a burst of catch-up polls. After a failed poll the wait
     doubles with each consecutive failure, up to `MAX_BACKOFF`.
@@ -134,9 +135,9 @@ class PollSchedule(Generic[K]):
         """One poll interval, drawn uniformly from ``(low, high)``."""
         return self._rng.uniform(self._low, self._high)
 
-    def add(self, key: K, now: float, *, immediately: bool = False) -> float:
-        """Schedule a new task's first poll; return when it is due."""
-        when = now if immediately else now + self.draw()
+    def add(self, key: K, now: float, *, immediately: bool = False, delay: float | None = None) -> float:
+        """Schedule a new task's first poll, one interval on or ``delay`` seconds on; return when it is due."""
+        when = now if immediately else now + (self.draw() if delay is None else delay)
         self._timers.set(key, when)
         return when
 

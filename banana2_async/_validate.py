@@ -19,6 +19,7 @@ from ._exceptions import InvalidRequestError
 __all__ = [
     "MAX_TASK_ID_LENGTH",
     "MAX_URL_LENGTH",
+    "check_bool",
     "check_non_negative_int",
     "check_positive_int",
     "check_seconds",
@@ -85,6 +86,13 @@ def check_task_id(value: object) -> str:
     if problem is not None:
         raise InvalidRequestError(f"task_id {problem}", field="task_id")
     assert isinstance(value, str)
+    return value
+
+
+def check_bool(value: object, field: str) -> bool:
+    """``value`` if it is ``True`` or ``False``; else `InvalidRequestError`."""
+    if not isinstance(value, bool):
+        raise InvalidRequestError(f"{field} must be True or False, got {_shown(value)}", field=field)
     return value
 
 
