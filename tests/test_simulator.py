@@ -88,6 +88,7 @@ def test_public_names_are_pinned() -> None:
         "FaultRule",
         "ManualClock",
         "Reply",
+        "ShiftedLogNormal",
         "SimulatedTask",
         "Simulator",
         "SimulatorApp",
