@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 import random
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from banana2_async.testing import ManualClock, ShiftedLogNormal, Simulator
+from banana2_async.testing import DEFAULT_LATENCY, ManualClock, ShiftedLogNormal, Simulator
 
 AUTH = {"Authorization": "Bearer sk-sim-test"}
+SIMULATOR_PAGE = Path(__file__).resolve().parent.parent / "docs" / "simulator.md"
+DRAWS = 4_000
+PROBABILITIES = (0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99)
 
 
 def _durations(sim: Simulator, resolution: str, count: int) -> list[float]:
@@ -20,6 +26,56 @@ def _durations(sim: Simulator, resolution: str, count: int) -> list[float]:
     for _ in range(count):
         assert sim.handle("POST", "/api/generate", headers=AUTH, body=body).status == 200
     return [task.finishes - task.created for task in sim.tasks() if task.request.get("resolution") == resolution]
+
+
+@pytest.mark.parametrize("resolution", sorted(DEFAULT_LATENCY))
+def test_draws_follow_the_quantile_function(resolution: str) -> None:
+    """Of 4,000 seeded draws, the share at or below quantile(p) is p, within 0.025, and their mean is the mean."""
+    model = DEFAULT_LATENCY[resolution]
+    rng = random.Random(20)
+    draws = sorted(model.sample(rng) for _ in range(DRAWS))
+    for p in PROBABILITIES:
+        share = bisect.bisect_right(draws, model.quantile(p)) / DRAWS
+        assert share == pytest.approx(p, abs=0.025)
+    assert sum(draws) / DRAWS == pytest.approx(model.mean, rel=0.02)
+
+
+@pytest.mark.parametrize("resolution", sorted(DEFAULT_LATENCY))
+def test_the_default_durations_skew_right(resolution: str) -> None:
+    """Each default model has its mean above its median and a longer upper than lower tail, in theory and in draws."""
+    model = DEFAULT_LATENCY[resolution]
+    p10, p50, p90 = (model.quantile(p) for p in (0.1, 0.5, 0.9))
+    assert model.mean > p50
+    assert p90 - p50 > p50 - p10
+    rng = random.Random(21)
+    draws = sorted(model.sample(rng) for _ in range(DRAWS))
+    d10, d50, d90 = (draws[int(p * DRAWS)] for p in (0.1, 0.5, 0.9))
+    assert sum(draws) / DRAWS > d50
+    assert d90 - d50 > d50 - d10
+
+
+@pytest.mark.parametrize(
+    ("resolution", "floor", "median", "cap"), [("1k", 6, 11, 56), ("2k", 9, 16, 79), ("4k", 15, 27, 135)]
+)
+def test_the_default_models_have_their_documented_floor_median_and_cap(
+    resolution: str, floor: float, median: float, cap: float
+) -> None:
+    """Default 1k, 2k and 4k tasks take at least 6, 9, 15 s, at the median 11, 16, 27 s, and at most 56, 79, 135 s."""
+    model = DEFAULT_LATENCY[resolution]
+    assert (model.quantile(0), model.quantile(0.5), model.quantile(1)) == pytest.approx((floor, median, cap))
+    assert model.sigma == 0.5
+
+
+def test_the_documented_table_is_the_default_models() -> None:
+    """The table on the simulator page gives each default model's parameters, quantiles and mean, to 0.1 s."""
+    rows = re.findall(r"^\| `(\dk)` +((?:\|[^|\n]*)+)\|$", SIMULATOR_PAGE.read_text(encoding="utf-8"), re.M)
+    assert sorted(resolution for resolution, _ in rows) == sorted(DEFAULT_LATENCY)
+    for resolution, cells in rows:
+        model = DEFAULT_LATENCY[resolution]
+        documented = [float(cell) for cell in cells.strip("|").split("|")]
+        quantiles = [model.quantile(p) for p in (0.1, 0.5, 0.9, 0.99)]
+        actual = [model.floor, model.median_extra, model.sigma, model.quantile(1), *quantiles, model.mean]
+        assert documented == [round(value, 1) for value in actual]
 
 
 def test_a_draw_is_the_quantile_of_one_random_number() -> None:
@@ -124,7 +180,7 @@ def test_a_pair_is_still_drawn_uniformly() -> None:
 
 
 def test_the_same_seed_gives_the_same_durations() -> None:
-    """Two simulators with the same seed draw the same durations; another seed draws others."""
+    """Two simulators with the same seed draw the same default durations; another seed draws others."""
     runs = [_durations(Simulator(seed=seed, clock=ManualClock()), "2k", 30) for seed in (12, 12, 13)]
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]

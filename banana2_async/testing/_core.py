@@ -50,11 +50,13 @@ IN_PROCESS_BASE_URL: Final = "https://simulator.banana2.invalid"
 DEFAULT_API_KEY: Final = "sk-sim-test"
 DEFAULT_CREDITS: Final = 1_000_000
 MODEL: Final = "nano-banana-2"
-DEFAULT_LATENCY: Final[Mapping[str, tuple[float, float]]] = {
-    "1k": (8.0, 15.0),
-    "2k": (12.0, 22.0),
-    "4k": (20.0, 40.0),
+DEFAULT_LATENCY: Final[Mapping[str, ShiftedLogNormal]] = {
+    "1k": ShiftedLogNormal(floor=6.0, median_extra=5.0, sigma=0.5, cap=56.0),
+    "2k": ShiftedLogNormal(floor=9.0, median_extra=7.0, sigma=0.5, cap=79.0),
+    "4k": ShiftedLogNormal(floor=15.0, median_extra=12.0, sigma=0.5, cap=135.0),
 }
+"""Seconds a task takes per resolution: medians of 11, 16 and 27 s, a long right tail, capped at
+the floor plus ten times the median extra time."""
 
 
 _MARKER_BYTES: Final = MARKER.encode()
