@@ -52,7 +52,7 @@ _DEADLINE_GRACE: Final = 2.0
 class SoakConfig:
     """How big and how hostile a soak is.
 
-    ``speed`` divides the simulator's task durations (8-40 s); the client
+    ``speed`` divides the simulator's task durations (6-135 s, medians 11-27 s); the client
     polls at the provider's 2-3 s divided by the same speed, and its deadline
     is 600 s divided by it (at least 10 s). ``read_timeout`` is the client's;
     slow answers come 1.5 times later.

@@ -29,7 +29,7 @@ _DEADLINE = 60.0
 
 @pytest.fixture
 def server() -> Iterator[SimulatorServer]:
-    """A simulator in this process, so it outlives the command killed in the test; tasks take 0.2-0.4 s."""
+    """A simulator in this process, so it outlives the command killed in the test; tasks take about 0.3 s."""
     with Simulator(speed=40, seed=17).serve() as running:
         yield running
 

@@ -37,7 +37,7 @@ DEADLINE: Final = 60.0
 
 @pytest.fixture
 def server() -> Iterator[SimulatorServer]:
-    """A simulator in this process, so it outlives each killed command; tasks take 0.2-0.4 s, some polls fail."""
+    """A simulator in this process, so it outlives each killed command; tasks take about 0.3 s, some polls fail."""
     simulator = Simulator(api_key=KEY, speed=40, seed=SEED)
     simulator.inject(Fault.server_error(), on="status", probability=0.05)
     with simulator.serve() as running:

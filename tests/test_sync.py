@@ -250,7 +250,7 @@ def test_close_from_the_clients_own_thread_does_not_wait(backend: str) -> None:
     done = client.submit("one task")
     pending = client.submit("a slow one", resolution="4k")
     done.async_handle.add_done_callback(lambda _: client.close())
-    clock.advance(16)  # past a 1k task's latency, short of a 4k one's
+    clock.advance(16)  # past this seed's 1k task (9.4 s), short of its 4k one (44 s)
     assert done.result(timeout=30).task_id == done.task_id
     wait_for_threads(before)
     with pytest.raises(ClientClosedError):

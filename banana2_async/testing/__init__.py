@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from ._hostile import POISONED_TASK_IDS as POISONED_TASK_IDS
     from ._images import image_size as image_size
     from ._images import render_image as render_image
+    from ._latency import ShiftedLogNormal as ShiftedLogNormal
     from ._replies import Reply as Reply
     from ._server import SimulatorServer as SimulatorServer
     from ._stats import DROPPED as DROPPED
@@ -72,6 +73,7 @@ __all__ = [
     "FaultRule",
     "ManualClock",
     "Reply",
+    "ShiftedLogNormal",
     "SimulatedTask",
     "Simulator",
     "SimulatorApp",
@@ -106,6 +108,7 @@ _HOMES = {
     "FaultRule": "_faults",
     "ManualClock": "_clock",
     "Reply": "_replies",
+    "ShiftedLogNormal": "_latency",
     "SimulatedTask": "_stats",
     "Simulator": "_core",
     "SimulatorApp": "_asgi",

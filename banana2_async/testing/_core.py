@@ -24,6 +24,7 @@ from urllib.parse import parse_qs
 from ._faults import MISSING, Endpoint, Fault, FaultRule, pick_fault
 from ._hostile import MARKER, echo_text
 from ._images import content_type, render_image
+from ._latency import LatencyModel, ShiftedLogNormal, latency_model
 from ._replies import Reply, answer_fault, compression_bomb, error, fault_reply, ok, route
 from ._stats import DROPPED, SimulatedTask, SimulatorStats
 from ._tasks import RESULT_URL, Task
@@ -49,11 +50,13 @@ IN_PROCESS_BASE_URL: Final = "https://simulator.banana2.invalid"
 DEFAULT_API_KEY: Final = "sk-sim-test"
 DEFAULT_CREDITS: Final = 1_000_000
 MODEL: Final = "nano-banana-2"
-DEFAULT_LATENCY: Final[Mapping[str, tuple[float, float]]] = {
-    "1k": (8.0, 15.0),
-    "2k": (12.0, 22.0),
-    "4k": (20.0, 40.0),
+DEFAULT_LATENCY: Final[Mapping[str, ShiftedLogNormal]] = {
+    "1k": ShiftedLogNormal(floor=6.0, median_extra=5.0, sigma=0.5, cap=56.0),
+    "2k": ShiftedLogNormal(floor=9.0, median_extra=7.0, sigma=0.5, cap=79.0),
+    "4k": ShiftedLogNormal(floor=15.0, median_extra=12.0, sigma=0.5, cap=135.0),
 }
+"""Seconds a task takes per resolution: medians of 11, 16 and 27 s, a long right tail, capped at
+the floor plus ten times the median extra time."""
 
 
 _MARKER_BYTES: Final = MARKER.encode()
@@ -73,7 +76,9 @@ class Simulator:
         credits: that account's starting credits.
         speed: divides every latency; ``1000`` turns seconds into milliseconds,
             ``math.inf`` finishes tasks at once.
-        latency: for each resolution, the (low, high) seconds a task takes, drawn uniformly.
+        latency: for each resolution (``"1k"``, ``"2k"``, ``"4k"``), the seconds a task
+            takes: a `ShiftedLogNormal`, or a ``(low, high)`` pair drawn uniformly.
+            Default: `DEFAULT_LATENCY`.
         seed: seeds latencies, task ids and fault probabilities.
         clock: the time source in seconds, e.g. a `ManualClock`.
         result_ttl: seconds a result URL stays valid after the task finished (None: forever).
@@ -106,23 +111,21 @@ class Simulator:
         api_key: str = DEFAULT_API_KEY,
         credits: int = DEFAULT_CREDITS,
         speed: float = 1.0,
-        latency: Mapping[str, tuple[float, float]] | None = None,
+        latency: Mapping[str, ShiftedLogNormal | tuple[float, float]] | None = None,
         seed: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         result_ttl: float | None = None,
     ) -> None:
         if not speed > 0:
             raise ValueError("speed must be positive")
-        latency = dict(DEFAULT_LATENCY if latency is None else latency)
-        for resolution, (low, high) in latency.items():
-            if not 0 <= low <= high:
-                raise ValueError(f"latency for {resolution}: need 0 <= low <= high, got ({low}, {high})")
-        missing = set(DEFAULT_LATENCY) - set(latency)
+        table = DEFAULT_LATENCY if latency is None else latency
+        models = {resolution: latency_model(resolution, value) for resolution, value in table.items()}
+        missing = set(DEFAULT_LATENCY) - set(models)
         if missing:
             raise ValueError(f"latency has no entry for {', '.join(sorted(missing))}")
         self._api_key = api_key
         self._speed = speed
-        self._latency = latency
+        self._latency: dict[str, LatencyModel] = models
         self._clock = clock
         self._result_ttl = result_ttl
         self._lock = threading.Lock()
@@ -415,8 +418,8 @@ class Simulator:
         self._created += 1
         self._prompts[request.prompt] += 1
         task_id = self._new_task_id()
-        low, high = self._latency[request.resolution]
-        seconds = 0.0 if math.isinf(self._speed) else self._latency_rng.uniform(low, high) / self._speed
+        model = self._latency[request.resolution]
+        seconds = 0.0 if math.isinf(self._speed) else model.sample(self._latency_rng) / self._speed
         task = Task(task_id, api_key, request, now, now + seconds)
         self._tasks[task_id] = task
 
