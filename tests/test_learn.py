@@ -126,7 +126,8 @@ def test_a_task_done_at_its_first_poll_pulls_the_first_poll_earlier() -> None:
     assert before == 12.0
     learner.learn(KIND, running_at=None, done_at=12.0)
     after = learner.first_poll(KIND)
-    assert after is not None and after < before
+    assert after is not None
+    assert after < before
 
 
 @pytest.mark.parametrize("factor", [1 / 3, 3.0], ids=["three-times-faster", "three-times-slower"])
