@@ -197,7 +197,7 @@ async def test_a_successor_cancelled_before_taking_the_role_hands_it_on() -> Non
 
 async def test_a_cancelled_waiter_leaves_the_line_and_takes_no_token() -> None:
     """A poll cancelled while it waits is never granted, and the others go one token apart, none skipped."""
-    throttle = gate(100.0)
+    throttle = gate(50.0)
     granted: list[str] = []
     times: list[float] = []
     scopes: dict[str, anyio.CancelScope] = {}
@@ -220,8 +220,8 @@ async def test_a_cancelled_waiter_leaves_the_line_and_takes_no_token() -> None:
         assert throttle.waiting == 3
     assert granted == ["p3", "p1", "p0"]
     assert times[0] >= started + pause - 1e-6
-    # Three grants take two token intervals after the pause: nobody's token went to the cancelled.
-    assert times[-1] - times[0] == pytest.approx(0.02, abs=0.015)
+    # Three grants take two token intervals (40 ms) after the pause; had the cancelled taken theirs, four (80 ms).
+    assert 0.04 - 1e-6 <= times[-1] - times[0] < 0.07
 
 
 @pytest.mark.parametrize("rate", [None, 100.0])
@@ -271,4 +271,5 @@ async def test_under_a_client_rate_limit_a_submit_is_not_stuck_behind_polls() ->
         before = len(fake.log)
         await client.submit("a fox")
         kinds = [kind for _, kind, _ in fake.log[before:]]
-        assert kinds.index("submit") <= 3
+        # The third grant after it joined, give or take the tokens a stall of the event loop lets pile up.
+        assert kinds.index("submit") <= 5
