@@ -1,7 +1,9 @@
 """The API's two endpoints: the envelope, the retry loops, and the one gate every request waits at.
 
 `Wire` asks `RequestFactory` for a request, waits at the client's gate
-(`Throttle`: the rate limit and the 429 pause, for polls and submits alike),
+(`Throttle`: the rate limit and the 429 pause, for polls and submits alike;
+under a rate limit, polls by priority and submits and ``status()`` calls with
+a share of their own),
 hands it to the `Sender`, and reads the envelope of the answer. The status
 endpoint is safe to repeat; a submit costs credits and has no idempotency key,
 so it is repeated only where it cannot have been paid for (`_retry`).
@@ -50,8 +52,12 @@ MAX_REQUEST_ID: Final = 200
 class Gate(Protocol):
     """Where every request waits its turn: the shared rate budget and 429 pause (`Throttle`)."""
 
-    async def acquire(self) -> float:
-        """Wait until a request may be sent; return that moment (anyio's clock)."""
+    async def acquire(self, priority: float | None = None) -> float:
+        """Wait until a request may be sent; return that moment (anyio's clock).
+
+        ``priority`` is ``None`` for a foreground request (a submit, a user's
+        ``status()``), else a poll's priority, higher first.
+        """
 
     def rate_limited(self, retry_after: float | None) -> float:
         """A 429 came: pause every request; return for how many seconds."""
@@ -112,9 +118,14 @@ class Wire:
         """Close the httpx client if the SDK made it."""
         await self._sender.aclose()
 
-    async def _exchange(self, request: httpx.Request, *, shielded: bool = False) -> tuple[float, int, dict[str, Any]]:
-        """Wait at the gate, send ``request``, check its envelope: when it went, its status, its envelope."""
-        sent_at = await self._gate.acquire()
+    async def _exchange(
+        self, request: httpx.Request, *, shielded: bool = False, priority: float | None = None
+    ) -> tuple[float, int, dict[str, Any]]:
+        """Wait at the gate, send ``request``, check its envelope: when it went, its status, its envelope.
+
+        ``priority`` is the gate's: ``None`` for the foreground, a number for a poll.
+        """
+        sent_at = await self._gate.acquire(priority)
         if request.method == "POST":
             self.submits_sent += 1
         status_code, content, headers = await self._sender.send(request, shielded=shielded)
@@ -135,12 +146,13 @@ class Wire:
             decode_envelope(status_code, content, request_id=request_id, retry_after=retry_after),
         )
 
-    async def poll_status(self, task_id: str) -> tuple[float, TaskInfo | Banana2Error | None]:
+    async def poll_status(self, task_id: str, *, priority: float = 0.0) -> tuple[float, TaskInfo | Banana2Error | None]:
         """One ``GET /api/status`` for the poller: when it was sent, and its outcome (never raised).
 
         The outcome is ``None`` for an answer that plainly says the task still
         runs (see `plainly_running`): the common answer, for which no
-        `TaskInfo` is built. Only a bug raises.
+        `TaskInfo` is built. Only a bug raises. Under a rate limit,
+        ``priority`` orders it among the waiting polls, higher first.
         """
         try:
             request = self._requests.status(task_id)
@@ -148,7 +160,7 @@ class Wire:
             return anyio.current_time(), exc
         sent_at = anyio.current_time()
         try:
-            sent_at, status_code, envelope = await self._exchange(request)
+            sent_at, status_code, envelope = await self._exchange(request, priority=priority)
             if plainly_running(envelope["data"], task_id):
                 return sent_at, None
             from ._models import parse_task

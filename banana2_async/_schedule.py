@@ -231,14 +231,39 @@ class RateBudget:
         return max(0.0, self.paused_until - now)
 
     def reserve(self, now: float) -> float:
-        """Take one request's share; return how long to wait before sending it."""
+        """Take one request's share; return how long to wait before sending it.
+
+        First come first served: each call books the next free moment. The
+        gate uses it only without a rate; with one it asks `token_wait` and
+        `take`, and lets a `Line` choose who gets each token.
+        """
         wait = self.pause_remaining(now)
         if self.rate is None:
             return wait
-        if self._updated is not None:
-            self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
-        self._updated = now
+        self._refill(now, self.rate)
         self._tokens -= 1.0
         if self._tokens < 0:
             wait = max(wait, -self._tokens / self.rate)
         return wait
+
+    def token_wait(self, now: float) -> float:
+        """Seconds until one request may go: the rest of any pause, and until a whole token is in hand."""
+        wait = self.pause_remaining(now)
+        if self.rate is None:
+            return wait
+        self._refill(now, self.rate)
+        # A token refilled to within a rounding error of whole is whole: no sleep of a femtosecond.
+        if self._tokens < 1.0 - 1e-9:
+            wait = max(wait, (1.0 - self._tokens) / self.rate)
+        return wait
+
+    def take(self, now: float) -> None:
+        """Spend one token at ``now``, when `token_wait` says one is in hand; a no-op without a rate."""
+        if self.rate is not None:
+            self._refill(now, self.rate)
+            self._tokens -= 1.0
+
+    def _refill(self, now: float, rate: float) -> None:
+        if self._updated is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._updated) * rate)
+        self._updated = now

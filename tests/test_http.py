@@ -36,7 +36,7 @@ from banana2_async import (
     SubmissionUncertainError,
     TaskTimeoutError,
 )
-from banana2_async._http import Wire
+from banana2_async._http import Gate, Wire
 from banana2_async._requests import RequestFactory
 from banana2_async._schedule import RateBudget
 from banana2_async._secret import Secret
@@ -716,7 +716,7 @@ async def test_a_wire_on_its_own_sends_through_its_gate() -> None:
         assert not http.is_closed
 
 
-def _wire(http: httpx.AsyncClient, *, max_retries: int = 0, max_in_flight: int = 4) -> Wire:
+def _wire(http: httpx.AsyncClient, *, max_retries: int = 0, max_in_flight: int = 4, gate: Gate | None = None) -> Wire:
     secret = Secret(KEY)
     timeout = httpx.Timeout(5.0)
     sender = open_sender(
@@ -726,7 +726,7 @@ def _wire(http: httpx.AsyncClient, *, max_retries: int = 0, max_in_flight: int =
     return Wire(
         requests=RequestFactory(http, api_key=KEY, base_url=httpx.URL(BASE), timeout=timeout),
         sender=sender,
-        gate=Throttle(RateBudget(), rng=rng),
+        gate=gate if gate is not None else Throttle(RateBudget(), rng=rng),
         secret=secret,
         base_url=httpx.URL(BASE),
         max_retries=max_retries,
@@ -763,6 +763,44 @@ async def test_the_wire_never_has_more_requests_in_flight_than_its_slots() -> No
             release.set()
     assert peak == 2
     assert sorted(answered) == sorted(f"t{n}" for n in range(10))
+
+
+class RecordingGate:
+    """A gate that lets every request go at once and remembers the priority each asked with."""
+
+    def __init__(self) -> None:
+        self.priorities: list[float | None] = []
+
+    async def acquire(self, priority: float | None = None) -> float:
+        """Let the request go; note its priority."""
+        self.priorities.append(priority)
+        return anyio.current_time()
+
+    def rate_limited(self, retry_after: float | None) -> float:
+        """No pause."""
+        return 0.0
+
+    def answered(self) -> None:
+        """Nothing to reset."""
+
+
+async def test_polls_wait_at_the_gate_with_their_priority_and_the_rest_in_the_foreground() -> None:
+    """``poll_status`` waits at the gate with its priority (0.0 by default); ``fetch_status``, ``submit`` with None."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return _accepted("w1")
+        return _running(request.url.params["task_id"])
+
+    recording = RecordingGate()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        wire = _wire(http, gate=recording)
+        await wire.poll_status("t1", priority=2.5)
+        await wire.poll_status("t1")
+        await wire.fetch_status("t1")
+        await wire.fetch_status_retrying("t1")
+        await wire.submit(GenerationRequest(prompt="a fox"))
+    assert recording.priorities == [2.5, 0.0, None, None, None]
 
 
 @pytest.mark.parametrize(

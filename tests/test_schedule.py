@@ -504,3 +504,48 @@ def test_rate_budget_rejects_a_rate_that_is_not_a_positive_number(rate: Any) -> 
     """Zero, negative, NaN, bools and non-numbers raise ValueError naming rate_limit."""
     with pytest.raises(ValueError, match="rate_limit"):
         RateBudget(cast(Any, rate))
+
+
+def test_token_wait_is_the_time_until_a_whole_token() -> None:
+    """With the burst spent, the next token is 1/rate away, less the time since; taking one starts the count again."""
+    budget = RateBudget(10.0, burst=2)
+    assert budget.token_wait(0.0) == 0.0
+    budget.take(0.0)
+    budget.take(0.0)
+    assert budget.token_wait(0.0) == pytest.approx(0.1)
+    assert budget.token_wait(0.04) == pytest.approx(0.06)
+    assert budget.token_wait(0.1) == 0.0
+    budget.take(0.1)
+    assert budget.token_wait(0.1) == pytest.approx(0.1)
+    # Idle for long, the bucket holds only ``burst`` tokens.
+    budget.take(100.0)
+    budget.take(100.0)
+    assert budget.token_wait(100.0) == pytest.approx(0.1)
+
+
+def test_token_wait_asks_nothing_of_a_rounding_error() -> None:
+    """Refilled to within a rounding error of a whole token, a token is in hand: no sleep of a femtosecond."""
+    budget = RateBudget(3.0, burst=1)
+    budget.take(0.0)
+    assert budget.token_wait(1 / 3 - 1e-15) == 0.0
+
+
+def test_token_wait_includes_the_pause_and_take_does_not_wait() -> None:
+    """A pause holds the token back; `token_wait` says so and changes no tokens, `take` never waits."""
+    budget = RateBudget(10.0, burst=1)
+    budget.pause(0.0, 2.0)
+    assert budget.token_wait(0.5) == 1.5
+    assert budget.token_wait(0.5) == 1.5
+    assert budget.token_wait(2.0) == 0.0
+    budget.take(2.0)
+    assert budget.token_wait(2.0) == pytest.approx(0.1)
+
+
+def test_without_a_rate_only_the_pause_is_waited() -> None:
+    """With no rate, `token_wait` is the pause alone and `take` spends nothing."""
+    budget = RateBudget(None)
+    for _ in range(100):
+        budget.take(0.0)
+    assert budget.token_wait(0.0) == 0.0
+    budget.pause(0.0, 3.0)
+    assert budget.token_wait(1.0) == 2.0
