@@ -102,11 +102,10 @@ class Durations:
         median = ordered[(len(ordered) - 1) // 2]
         return max(floor, min(cap, median, ordered[0] + lead))
 
-    def done_share(self, age: float) -> float:
-        """The share of recent tasks that were done ``age`` seconds after their submit (0 to 1)."""
-        if not self._sorted:
-            return 0.5
-        return bisect.bisect_right(self._sorted, age) / len(self._sorted)
+    def median(self) -> float | None:
+        """The median of the recent durations; ``None`` when there are none."""
+        ordered = self._sorted
+        return ordered[(len(ordered) - 1) // 2] if ordered else None
 
     def _push(self, duration: float, early: bool) -> None:
         self._samples.append((duration, early))
@@ -171,12 +170,10 @@ class DurationLearner(Generic[K]):
             return None
         return durations.first_poll(lead=self._lead, floor=self._floor, cap=self._cap)
 
-    def done_share(self, key: K | None, age: float) -> float:
-        """The share of recent tasks of kind ``key`` done by ``age`` seconds; 0.5 when nothing is known."""
-        durations = self._kinds.get(key) if key is not None else None
-        if durations is None or age < 0:
-            return 0.5
-        return durations.done_share(age)
+    def typical(self, key: K) -> float | None:
+        """How long tasks of kind ``key`` typically take (the median), in seconds; ``None``: not known yet."""
+        durations = self._kinds.get(key)
+        return None if durations is None else durations.median()
 
     def kinds(self) -> dict[K, Durations]:
         """Every kind seen so far, and its durations."""

@@ -113,10 +113,12 @@ class Poller:
         "_coalesce",
         "_deadlines",
         "_entries",
+        "_lead",
         "_learner",
         "_listeners",
         "_not_found_grace",
         "_pool",
+        "_ranked",
         "_schedule",
         "_throttle",
         "_unknown_logged",
@@ -142,9 +144,12 @@ class Poller:
         self._not_found_grace = not_found_grace
         self._schedule: PollSchedule[str] = PollSchedule(interval, rng)
         low, high = interval
+        self._lead = (low + high) / 2
         self._learner: DurationLearner[_Kind] | None = (
-            DurationLearner(lead=(low + high) / 2, floor=low) if learn_first_poll else None
+            DurationLearner(lead=self._lead, floor=low) if learn_first_poll else None
         )
+        # Under a rate limit, polls wait at the gate ranked by when their task is expected done.
+        self._ranked = self._learner is not None and throttle.budget.rate is not None
         self._deadlines: TimerHeap[TaskHandle] = TimerHeap()
         self._entries: dict[str, _Entry] = {}
         self._pool = _WorkerPool(max_concurrent_polls, self._poll_if_watched)
@@ -232,6 +237,21 @@ class Poller:
             delay = max(0.0, min(delay, deadline - now - self._coalesce * 2))
         return delay
 
+    def _priority(self, entry: _Entry, now: float) -> float:
+        """A poll's rank at the gate: the sooner its task is expected done, the higher.
+
+        A task submitted here is expected done a typical duration of its kind
+        after its submit (one of a kind not known yet, or tracked: now), and
+        never sooner than a mean interval after a poll last found it running,
+        so that an overdue task does not take every turn.
+        """
+        assert self._learner is not None
+        typical = None if entry.kind is None else self._learner.typical(entry.kind)
+        expected = now if typical is None else entry.registered_at + typical
+        if entry.running_at is not None:
+            expected = max(expected, entry.running_at + self._lead)
+        return -expected
+
     def resume(self, handle: TaskHandle) -> None:
         """Poll for ``handle`` again if it was released and is still pending."""
         if handle.done():
@@ -306,7 +326,11 @@ class Poller:
                 self._expire(handle)
             paused = self._throttle.pause_remaining()
             if paused <= 0:
-                pool.hand([entry for task_id in schedule.pop_due(now) if (entry := entries.get(task_id)) is not None])
+                due = [entry for task_id in schedule.pop_due(now) if (entry := entries.get(task_id)) is not None]
+                if self._ranked and len(due) > 1:
+                    # Under a rate limit, the polls of the tasks expected done soonest go first.
+                    due.sort(key=lambda entry: self._priority(entry, now), reverse=True)
+                pool.hand(due)
             wake = math.inf
             next_poll = schedule.next_time()
             if next_poll is not None:
@@ -333,8 +357,9 @@ class Poller:
     async def _poll(self, entry: _Entry) -> None:
         task_id = entry.task_id
         self.polls_sent += 1
+        priority = self._priority(entry, anyio.current_time()) if self._ranked else 0.0
         try:
-            sent_at, answer = await self._wire.poll_status(task_id)
+            sent_at, answer = await self._wire.poll_status(task_id, priority=priority)
         except Exception as exc:
             # A bug must cost one task its result, never the poller its life.
             logger.exception("polling task %s failed unexpectedly", task_id)

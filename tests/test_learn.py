@@ -177,16 +177,13 @@ def test_a_speedup_starts_from_the_tasks_found_done_at_once() -> None:
     assert sorted(durations._sorted) == [10.0, 10.0, 11.0]
 
 
-def test_done_share_reads_the_recent_durations() -> None:
-    """done_share is the share of recent tasks done by an age; 0.5 when nothing is known."""
+def test_typical_is_the_median_of_the_recent_durations() -> None:
+    """typical() is the median of a kind's window; None for a kind never seen finishing."""
     learner = new_learner()
-    assert learner.done_share(KIND, 10.0) == 0.5
-    assert learner.done_share(None, 10.0) == 0.5
-    for duration in (10.0, 20.0, 30.0, 40.0):
+    assert learner.typical(KIND) is None
+    for duration in (10.0, 20.0, 30.0, 40.0, 50.0):
         learner.learn(KIND, running_at=duration - 1.0, done_at=duration + 1.0)
-    assert learner.done_share(KIND, 5.0) == 0.0
-    assert learner.done_share(KIND, 25.0) == 0.5
-    assert learner.done_share(KIND, 100.0) == 1.0
+    assert learner.typical(KIND) == 30.0
 
 
 def test_the_window_is_bounded() -> None:
