@@ -70,9 +70,9 @@ def docs(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Run the benchmarks (minutes; ``nox -s bench -- --quick`` takes seconds); JSON in .benchmarks/latest.json.
 
-    Not a default session. HTTP/2 needs h2 for httpx and hypercorn for the server.
+    Not a default session. HTTP/2 needs h2 for httpx and hypercorn for the server; B5's virtual time, trio.
     """
-    session.install("-e", ".[all]", "h2>=4", "hypercorn>=0.16")
+    session.install("-e", ".[all]", "h2>=4", "hypercorn>=0.16", "trio>=0.26")
     session.run("python", "-m", "benchmarks", "--json", ".benchmarks/latest.json", *session.posargs)
 
 

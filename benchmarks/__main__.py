@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._b1 import B1Config, run_b1
+from ._first_poll import FirstPollConfig, run_b5
 from ._hostile import HostileConfig, run_b6
 from ._report import Record, machine, render_table
 from ._wire import WireConfig, run_b2, run_b3, run_b4
@@ -24,7 +25,7 @@ __all__ = ["FULL", "QUICK", "main", "run"]
 Suite = dict[str, Callable[[Callable[[str], None]], list[Record]]]
 
 # Full: B1 in real time at 1,000 and 10,000 tasks (3 rounds each side at 10,000), then the capacity search.
-FULL = (B1Config(), WireConfig(), HostileConfig())
+FULL = (B1Config(), WireConfig(), HostileConfig(), FirstPollConfig())
 # Quick: every benchmark at small sizes; B1 on a time scale of 1/10. A smoke run, not a measurement.
 QUICK = (
     B1Config(sizes=(100, 400), main_size=400, rounds=1, capacity_max=1_600, memory_size=1_000, scale=0.1),
@@ -38,16 +39,18 @@ QUICK = (
         imports=3,
     ),
     HostileConfig(bombs=8, bomb_size=64 << 20, drip_every=0.05, drip_deadline=0.3, pending=200),
+    FirstPollConfig(seeds=(1,), stream_minutes=5, users=(2, 8), warmup_minutes=1, loop_minutes=5, bulk=60),
 )
 
 
-def suite(b1: B1Config, wire: WireConfig, hostile: HostileConfig) -> Suite:
+def suite(b1: B1Config, wire: WireConfig, hostile: HostileConfig, first_poll: FirstPollConfig) -> Suite:
     """The benchmarks by name, each taking a log function and returning its records."""
     return {
         "B1": lambda log: run_b1(b1, log),
         "B2": lambda log: run_b2(wire, log),
         "B3": lambda log: run_b3(wire, log),
         "B4": lambda log: run_b4(wire, log),
+        "B5": lambda log: run_b5(first_poll, log),
         "B6": lambda log: run_b6(hostile, log),
     }
 

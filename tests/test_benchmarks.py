@@ -12,6 +12,7 @@ import math
 import pytest
 
 from benchmarks._b1 import B1Config, run_b1
+from benchmarks._first_poll import FirstPollConfig, run_b5
 from benchmarks._hostile import HostileConfig, run_b6
 from benchmarks._report import Record, machine, render_table
 from benchmarks._wire import OURS_IMPORTS, WireConfig, http2_available, run_b2, run_b3, run_b4
@@ -30,6 +31,7 @@ TINY_WIRE = WireConfig(
 
 
 TINY_HOSTILE = HostileConfig(bombs=4, bomb_size=8 << 20, drip_every=0.02, drip_deadline=0.1, pending=20, page=4096)
+TINY_FIRST_POLL = FirstPollConfig(seeds=(1,), stream_minutes=2, users=(2,), warmup_minutes=0.5, loop_minutes=2, bulk=12)
 
 
 def _quiet(line: str) -> None:
@@ -116,6 +118,56 @@ def test_b6_reports_bombs_drips_and_error_pages() -> None:
         "B6 20 pending tasks after a 4 KiB 502 page, bytes per task over baseline",
     ]
     _check(records, [record.name for record in records])
+
+
+def test_b5_reports_every_figure_and_sane_ones() -> None:
+    """B5 reports the stream per resolution and each rate-limited run, with figures in their ranges."""
+    records = run_b5(TINY_FIRST_POLL, _quiet)
+    stream = ["status requests per task", "notice latency p50", "notice latency p99"]
+    expected = [
+        "B5 stream: status requests per task",
+        "B5 stream: status requests per task, learned / fixed",
+        "B5 stream: notice latency p50",
+        "B5 stream: notice latency p99",
+        "B5 stream: notice latency p99, learned - fixed",
+        "B5 stream: tasks found done at their first poll",
+    ]
+    expected += [f"B5 stream {resolution}: {name}" for resolution in ("1k", "2k", "4k") for name in stream]
+    for label in ("rate_limit=1, 2 users in closed loops", "rate_limit=1, batch of 12"):
+        expected += [
+            f"B5 {label}: tasks per minute",
+            f"B5 {label}: tasks per minute, learned / fixed",
+            f"B5 {label}: status requests per task",
+            f"B5 {label}: notice latency p99",
+        ]
+    _check(records, expected)
+    for record in records:
+        ours, theirs = _figures(record)
+        if record.unit == "polls/task":
+            assert all(1 <= figure <= 60 for figure in (ours, theirs)), record
+        if record.name.endswith(("p50", "p99")):
+            # Never before the task finished; within a few poll intervals of it.
+            assert all(0 <= figure <= 30 for figure in (ours, theirs)), record
+    figures = {record.name: _figures(record) for record in records}
+    # A first poll 2-3 s after the submit never finds a task done: the simulator's tasks take 6 s or more.
+    learned, fixed = figures["B5 stream: tasks found done at their first poll"]
+    assert fixed == 0
+    assert 0 <= learned <= 100
+    # At 1 request a second, each task costing a submit and a poll at least: 30 a minute at most.
+    assert all(0 < tasks <= 30 for tasks in figures["B5 rate_limit=1, batch of 12: tasks per minute"])
+
+
+def _figures(record: Record) -> tuple[float, float]:
+    """A record's value and baseline, both there."""
+    assert record.value is not None, record
+    assert record.baseline is not None, record
+    return record.value, record.baseline
+
+
+def test_b5_runs_in_virtual_time_and_repeats_itself() -> None:
+    """B5 runs in virtual time: the same config gives the very same figures again."""
+    first = [record.as_json() for record in run_b5(TINY_FIRST_POLL, _quiet)]
+    assert [record.as_json() for record in run_b5(TINY_FIRST_POLL, _quiet)] == first
 
 
 def test_machine_names_cpu_python_and_packages() -> None:
