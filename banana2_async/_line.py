@@ -29,18 +29,21 @@ class Line:
     come first served. The **poll** lane goes by priority, higher first, first
     come first served among equal priorities; a NaN priority ranks lowest.
 
-    While both lanes wait, the foreground gets at least one grant in
-    ``share`` (`FOREGROUND_SHARE`, one in three): each grant made while
-    foreground requests wait adds ``share`` to a credit, capped at one, and a
-    whole credit gives the grant to the foreground, which spends it. The credit
-    grows only while the foreground waits, so it never piles up. A lane with
-    nothing waiting leaves every grant to the other.
+    While both lanes wait, the oldest foreground request goes first when it
+    has waited longer than every waiting poll: between the lanes, first come
+    first served. Otherwise the best-ranked poll goes, except that the
+    foreground gets at least one grant in ``share`` (`FOREGROUND_SHARE`, one
+    in three): each grant made while foreground requests wait adds ``share`` to
+    a credit, capped at one, and a whole credit gives the grant to the
+    foreground, which spends it. The credit grows only while the foreground
+    waits, so it never piles up. A lane with nothing waiting leaves every grant
+    to the other.
 
     `join` returns a ticket; `pick` removes and returns the ticket of the next
     grant; `leave` takes a ticket out without a grant (a cancelled waiter).
     """
 
-    __slots__ = ("_credit", "_foreground", "_foreground_live", "_heap", "_polls", "_tickets", "share")
+    __slots__ = ("_arrivals", "_credit", "_foreground", "_foreground_live", "_heap", "_polls", "_tickets", "share")
 
     def __init__(self, share: float = FOREGROUND_SHARE) -> None:
         if not 0.0 < share <= 1.0:
@@ -53,6 +56,8 @@ class Line:
         self._foreground_live: set[int] = set()
         self._polls: dict[int, float] = {}
         self._heap: list[tuple[float, int]] = []
+        # The polls in the order they came, to tell the oldest.
+        self._arrivals: deque[int] = deque()
 
     def __repr__(self) -> str:
         return f"<Line foreground={self.foreground_waiting} polls={self.polls_waiting} credit={self._credit:.2f}>"
@@ -84,6 +89,7 @@ class Line:
             self._polls[ticket] = rank
             # The ticket, counted up, keeps equal priorities first come first served.
             heapq.heappush(self._heap, (-rank, ticket))
+            self._arrivals.append(ticket)
         return ticket
 
     def leave(self, ticket: int) -> bool:
@@ -94,9 +100,7 @@ class Line:
                 self._foreground = deque(t for t in self._foreground if t in self._foreground_live)
             return True
         if self._polls.pop(ticket, None) is not None:
-            if len(self._heap) > 2 * len(self._polls) + 64:
-                self._heap = [entry for entry in self._heap if entry[1] in self._polls]
-                heapq.heapify(self._heap)
+            self._compact_polls()
             return True
         return False
 
@@ -120,6 +124,7 @@ class Line:
         if poll is not None:
             heapq.heappop(self._heap)
             del self._polls[poll]
+            self._compact_polls()
         return poll
 
     def _raised_credit(self) -> float:
@@ -129,7 +134,27 @@ class Line:
         return self._credit
 
     def _foreground_next(self, credit: float) -> bool:
-        return bool(self._foreground_live) and (not self._polls or credit >= _WHOLE)
+        if not self._foreground_live:
+            return False
+        if not self._polls or credit >= _WHOLE:
+            return True
+        # Tickets are numbered as they come: a smaller one waited longer.
+        return self._first_foreground() < self._oldest_poll()
+
+    def _oldest_poll(self) -> int:
+        arrivals, polls = self._arrivals, self._polls
+        while arrivals[0] not in polls:
+            arrivals.popleft()
+        return arrivals[0]
+
+    def _compact_polls(self) -> None:
+        """Drop the entries of polls gone from the heap and the arrivals once they outnumber the live ones."""
+        polls = self._polls
+        if len(self._heap) > 2 * len(polls) + 64:
+            self._heap = [entry for entry in self._heap if entry[1] in polls]
+            heapq.heapify(self._heap)
+        if len(self._arrivals) > 2 * len(polls) + 64:
+            self._arrivals = deque(ticket for ticket in self._arrivals if ticket in polls)
 
     def _first_foreground(self) -> int:
         queue, live = self._foreground, self._foreground_live

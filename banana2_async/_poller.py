@@ -40,6 +40,9 @@ logger = logging.getLogger("banana2_async")
 
 _MAX_UNKNOWN_LOGGED: Final = 64
 
+# Requests waiting at a rate-limited gate from which on a poll of a task not expected done yet is put off.
+_CONTENDED: Final = 8
+
 # A kind of task, as far as how long it takes: its type and resolution.
 _Kind = tuple[str, str]
 
@@ -237,8 +240,8 @@ class Poller:
             delay = max(0.0, min(delay, deadline - now - self._coalesce * 2))
         return delay
 
-    def _priority(self, entry: _Entry, now: float) -> float:
-        """A poll's rank at the gate: the sooner its task is expected done, the higher.
+    def _expected_done(self, entry: _Entry, now: float) -> float:
+        """When ``entry``'s task is expected done (anyio's clock), to rank its polls under a rate limit.
 
         A task submitted here is expected done a typical duration of its kind
         after its submit (one of a kind not known yet, or tracked: now), and
@@ -250,7 +253,27 @@ class Poller:
         expected = now if typical is None else entry.registered_at + typical
         if entry.running_at is not None:
             expected = max(expected, entry.running_at + self._lead)
-        return -expected
+        return expected
+
+    def _rank(self, due: list[_Entry], now: float) -> list[_Entry]:
+        """Under a rate limit: the due polls that go now, those of tasks expected done soonest first.
+
+        While `_CONTENDED` requests or more wait at the gate, a poll of a task
+        not expected done yet is put off until it is: the budget goes to polls
+        that may find a task done, and to submits.
+        """
+        if self._throttle.waiting >= _CONTENDED:
+            keep = []
+            for entry in due:
+                expected = self._expected_done(entry, now)
+                if expected > now + self._coalesce:
+                    self._wake_by(self._schedule.defer(entry.task_id, expected))
+                else:
+                    keep.append(entry)
+            due = keep
+        if len(due) > 1:
+            due.sort(key=lambda entry: self._expected_done(entry, now))
+        return due
 
     def resume(self, handle: TaskHandle) -> None:
         """Poll for ``handle`` again if it was released and is still pending."""
@@ -327,9 +350,8 @@ class Poller:
             paused = self._throttle.pause_remaining()
             if paused <= 0:
                 due = [entry for task_id in schedule.pop_due(now) if (entry := entries.get(task_id)) is not None]
-                if self._ranked and len(due) > 1:
-                    # Under a rate limit, the polls of the tasks expected done soonest go first.
-                    due.sort(key=lambda entry: self._priority(entry, now), reverse=True)
+                if self._ranked:
+                    due = self._rank(due, now)
                 pool.hand(due)
             wake = math.inf
             next_poll = schedule.next_time()
@@ -357,7 +379,7 @@ class Poller:
     async def _poll(self, entry: _Entry) -> None:
         task_id = entry.task_id
         self.polls_sent += 1
-        priority = self._priority(entry, anyio.current_time()) if self._ranked else 0.0
+        priority = -self._expected_done(entry, anyio.current_time()) if self._ranked else 0.0
         try:
             sent_at, answer = await self._wire.poll_status(task_id, priority=priority)
         except Exception as exc:

@@ -165,6 +165,11 @@ class PollSchedule(Generic[K]):
         self._timers.set(key, when)
         return when
 
+    def defer(self, key: K, when: float) -> float:
+        """Make ``key``, taken by `pop_due` and not polled, due again at ``when``; return ``when``."""
+        self._timers.set(key, when)
+        return when
+
     def failed(self, key: K, sent_at: float, *, retry_after: float | None = None) -> float:
         """Reschedule after a poll that failed transiently, backing off; return the next due time.
 

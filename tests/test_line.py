@@ -81,8 +81,11 @@ def test_both_lanes_waiting_give_the_foreground_every_third_grant() -> None:
 
 @pytest.mark.parametrize("grants", [1, 2, 3, 10, 100, 999, 10_000, 100_000])
 def test_the_share_over_a_long_run_is_one_third_within_one_grant(grants: int) -> None:
-    """With both lanes always waiting, the foreground gets a third of the grants, within one."""
+    """With both lanes always waiting and a poll older than any foreground request, the foreground gets a third
+    of the grants, within one."""
     line = Line()
+    # The oldest waiter is a poll that every later poll outranks: the foreground is never the oldest.
+    line.join(-1.0)
     foreground: set[int] = set()
     for _ in range(3):
         foreground.add(line.join())
@@ -98,6 +101,41 @@ def test_the_share_over_a_long_run_is_one_third_within_one_grant(grants: int) ->
         else:
             line.join(0.0)
     assert abs(won - grants / 3) <= 1
+
+
+def test_between_the_lanes_the_oldest_goes_first() -> None:
+    """A foreground request that has waited longer than every waiting poll goes before them, whatever
+    their priority, and without spending its credit; polls go by priority among themselves."""
+    line = Line()
+    first = line.join()
+    polls = [line.join(float(n)) for n in range(4)]
+    second = line.join()
+    assert drain(line) == [first, polls[3], polls[2], second, polls[1], polls[0]]
+
+
+@pytest.mark.parametrize("foreground", [1, 5, 50])
+def test_the_foreground_gets_at_least_its_share_however_the_two_lanes_come(foreground: int) -> None:
+    """Polls and foreground requests joining in any order: while both wait, the foreground gets at least one
+    grant in three."""
+    rng = random.Random(foreground)
+    line = Line()
+    waiting_foreground: set[int] = set()
+    for _ in range(foreground):
+        waiting_foreground.add(line.join())
+    for _ in range(20):
+        line.join(rng.random())
+    both_waiting = won = 0
+    for _ in range(3_000):
+        both = bool(waiting_foreground) and line.polls_waiting > 0
+        ticket = line.pick()
+        if ticket in waiting_foreground:
+            waiting_foreground.discard(ticket)
+            waiting_foreground.add(line.join())
+            won += both
+        else:
+            line.join(rng.random())
+        both_waiting += both
+    assert won >= both_waiting / 3 - 1
 
 
 def test_the_foreground_never_waits_more_than_two_grants_while_polls_wait() -> None:
@@ -236,7 +274,7 @@ def test_a_share_outside_zero_to_one_is_refused(share: float) -> None:
 
 
 def test_a_share_of_one_puts_the_foreground_always_first() -> None:
-    """With ``share=1`` every grant goes to a waiting foreground request."""
+    """With ``share=1`` every grant goes to a waiting foreground request, even one younger than the polls."""
     line = Line(1.0)
     polls = [line.join(9.0) for _ in range(3)]
     foreground = [line.join() for _ in range(3)]
@@ -280,7 +318,10 @@ def test_the_line_matches_a_plain_model(steps: list[tuple[str, float | int | Non
         else:
             if model_fg:
                 credit = min(1.0, credit + 1 / 3)
-            if model_fg and (not model_polls or credit >= 1.0 - 1e-9):
+            oldest_poll = min((t for _, t in model_polls), default=None)
+            if model_fg and (
+                not model_polls or credit >= 1.0 - 1e-9 or (oldest_poll is not None and model_fg[0] < oldest_poll)
+            ):
                 credit = max(0.0, credit - 1.0)
                 expected: int | None = model_fg.pop(0)
             elif model_polls:
