@@ -80,8 +80,9 @@ class ClientOptions(TypedDict, total=False):
     """Status polls in flight at once (48): the most poll workers, started as polls come due."""
     rate_limit: float | None
     """Requests per second shared by submits and polls, in bursts of up to as many; ``None`` for no limit.
-    Under it, waiting polls go highest priority first (equal ones oldest first), and while polls wait,
-    submits and ``status()`` calls (oldest first) get at least one grant in three. A 429 pauses all either way."""
+    Under it, the request that waited longest goes first, but polls go in the order their tasks are expected done,
+    and submits and ``status()`` calls get at least one grant in three while polls wait. A 429 pauses all either
+    way."""
     retry_uncertain_submits: bool
     """Retry a submit that may have been paid for instead of raising `SubmissionUncertainError` (off)."""
     allow_insecure_http: bool

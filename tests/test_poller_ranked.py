@@ -39,3 +39,29 @@ async def test_a_poll_likely_to_find_its_task_done_goes_before_polls_that_likely
     else:
         # The plain schedule polls first come, first served: the quick task waits its turn.
         assert late > 0.5
+
+
+async def test_a_crowded_gate_puts_off_polls_of_tasks_not_expected_done() -> None:
+    """With eight requests waiting for the budget, a due poll of a task not expected done yet is not handed to a
+    worker: it is due again when its task is expected done. With fewer waiting, it goes."""
+    sim = Simulator(latency=LATENCY, seed=4, clock=anyio.current_time)
+    async with sim.client(poll_interval=0.01, rate_limit=10.0) as client:
+        poller, line = client._poller, client._throttle._line
+        learner = poller._learner
+        assert learner is not None
+        for _ in range(8):
+            learner.learn(("text-to-image", "4k"), running_at=2.9, done_at=3.1)
+        handle = await client.submit("a big one", resolution="4k")
+        entry = poller._entries[handle.task_id]
+        now = anyio.current_time()
+        assert poller._rank([entry], now) == [entry]
+        tickets = [line.join(None) for _ in range(8)]
+        try:
+            assert poller._rank([entry], now) == []
+            assert poller._schedule.due_time(handle.task_id) == pytest.approx(entry.registered_at + 3.0)
+            # Once it is expected done, it goes even through a crowded gate.
+            assert poller._rank([entry], entry.registered_at + 3.0) == [entry]
+        finally:
+            for ticket in tickets:
+                line.leave(ticket)
+        await handle
