@@ -21,10 +21,11 @@ async def test_a_poll_likely_to_find_its_task_done_goes_before_polls_that_likely
     is polled before them, noticed within a few grants of finishing, not behind 30 polls."""
     sim = Simulator(latency=LATENCY, seed=3, clock=anyio.current_time)
     async with sim.client(poll_interval=0.01, rate_limit=20.0, learn_first_poll=learn) as client:
-        # Teach the client how long both kinds take.
+        # Teach the client how long both kinds take: the small ones alone, as nothing crowds the budget yet.
+        for n in range(10):
+            await client.generate(f"small {n}")
         async with anyio.create_task_group() as group:
             for n in range(10):
-                group.start_soon(client.generate, f"small {n}")
                 group.start_soon(functools.partial(client.generate, f"big {n}", resolution="4k"))
         big = [await client.submit(f"new big {n}", resolution="4k") for n in range(30)]
         await anyio.sleep(1.5)
@@ -35,10 +36,10 @@ async def test_a_poll_likely_to_find_its_task_done_goes_before_polls_that_likely
         for handle in big:
             await handle
     if learn:
-        assert late < 0.3
+        assert late < 0.25
     else:
         # The plain schedule polls first come, first served: the quick task waits its turn.
-        assert late > 0.5
+        assert late > 0.35
 
 
 async def test_a_crowded_gate_puts_off_polls_of_tasks_not_expected_done() -> None:
