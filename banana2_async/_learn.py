@@ -22,11 +22,15 @@ the first poll earlier the more often that happens.
 The speed of the API can change at once. Two rules let the window follow
 within a few tasks instead of `WINDOW`:
 
-- `RUN` tasks in a row found done at their first poll: the first poll is too
-  late. The window keeps only them, each counted at half its time; each
-  task seen running past its first poll then replaces one of these guesses.
-- `RUN` tasks in a row that ran longer than every other task in the window:
-  the API slowed down. The window keeps only them.
+- Tasks in a row found done at their first poll, so many that the window
+  gives such a run less than `UNLIKELY` a chance (each as likely as the share
+  of the window done by its first poll): the API sped up. The window keeps
+  only them, each counted at half its time; each task seen running past its
+  first poll then replaces one of these guesses. With first polls at the
+  median this takes eight or nine in a row, with first polls below every
+  known duration two.
+- `RUN` tasks in a row that ran longer than nine in ten of the window's (a
+  chance of 1 in 10,000): the API slowed down. The window keeps only them.
 
 Pure: no clock, no I/O; times are seconds since the task's submit.
 """
@@ -38,7 +42,18 @@ from collections import deque
 from collections.abc import Hashable
 from typing import Final, Generic, TypeVar
 
-__all__ = ["EARLY_SHARE", "MAX_FIRST_POLL", "MIN_SAMPLES", "RUN", "WINDOW", "DurationLearner", "Durations"]
+__all__ = [
+    "COLD",
+    "EARLY_SHARE",
+    "MAX_FIRST_POLL",
+    "MIN_SAMPLES",
+    "RUN",
+    "SLOW_QUANTILE",
+    "UNLIKELY",
+    "WINDOW",
+    "DurationLearner",
+    "Durations",
+]
 
 K = TypeVar("K", bound=Hashable)
 
@@ -46,25 +61,32 @@ K = TypeVar("K", bound=Hashable)
 MAX_FIRST_POLL: Final = 60.0
 # How many recent tasks of a kind the schedule learns from.
 WINDOW: Final = 32
-# With fewer tasks of a kind than this seen finishing, a first poll comes no later than the fastest.
+# Until this many tasks of a kind are seen finishing, a new one is first polled one interval on.
+COLD: Final = 3
+# With fewer than this, a first poll comes no later than the fastest.
 MIN_SAMPLES: Final = 8
 # A task found done at its first poll, at t seconds, counts as having taken this share of t.
 EARLY_SHARE: Final = 0.75
-# This many tasks in a row that contradict the window mean that the API's speed changed.
-RUN: Final = 3
+# This many tasks in a row slower than nine in ten of the window mean that the API slowed down.
+RUN: Final = 4
+SLOW_QUANTILE: Final = 0.9
+# A run of tasks found done at their first poll that the window gives less than this chance means a speed-up.
+UNLIKELY: Final = 0.01
 
 
 class Durations:
     """The recent durations of one kind of task, in seconds, and what they say about the next one."""
 
-    __slots__ = ("_early", "_guesses", "_samples", "_sorted")
+    __slots__ = ("_chance", "_early", "_guesses", "_samples", "_sorted")
 
     def __init__(self) -> None:
-        # In arrival order: (duration, found done at the first poll).
-        self._samples: deque[tuple[float, bool]] = deque()
+        # In arrival order: (duration, when its first poll found it done, or None if a poll found it running).
+        self._samples: deque[tuple[float, float | None]] = deque()
         self._sorted: list[float] = []
-        # Tasks found done at their first poll in a row; the window's first samples that are guesses.
+        # The current run of tasks found done at their first poll: how many, and the window's chance of it.
         self._early = 0
+        self._chance = 1.0
+        # How many of the window's oldest samples are guesses (after a speed-up).
         self._guesses = 0
 
     def __len__(self) -> int:
@@ -76,30 +98,37 @@ class Durations:
         ``running_at`` is when the last poll that found it running was sent;
         ``None`` when its first poll found it done.
         """
-        early = running_at is None or running_at <= 0
-        duration = done_at * EARLY_SHARE if early else (max(running_at or 0.0, 0.0) + done_at) / 2
-        self._early = self._early + 1 if early else 0
-        self._push(max(duration, 0.0), early)
-        if self._early >= RUN:
-            # Faster than the window thought: start again from these, counted at half their time.
-            latest = [(duration / EARLY_SHARE / 2, True) for duration, _ in list(self._samples)[-RUN:]]
-            self._reset(latest)
-            self._guesses = RUN
-        elif self._slowed_down():
+        done_at = max(done_at, 0.0)
+        if running_at is None or running_at <= 0:
+            # As likely as the share of the window done by then (counted with one more either way).
+            self._chance *= (bisect.bisect_right(self._sorted, done_at) + 1) / (len(self._sorted) + 2)
+            self._early += 1
+            self._push(done_at * EARLY_SHARE, done_at)
+            if self._chance < UNLIKELY:
+                # Faster than the window thought: start again from these, counted at half their time.
+                run = list(self._samples)[-self._early :]
+                self._reset([(first / 2, first) for _, first in run if first is not None])
+                self._guesses = len(self._samples)
+            return
+        self._early, self._chance = 0, 1.0
+        self._push((running_at + done_at) / 2, None)
+        if self._slowed_down():
             self._reset(list(self._samples)[-RUN:])
-        elif self._guesses and not early:
+        elif self._guesses:
             # A task seen running past its first poll takes the place of the oldest guess.
             self._forget_oldest()
 
     def first_poll(self, *, lead: float, floor: float, cap: float = MAX_FIRST_POLL) -> float | None:
         """Seconds after its submit to poll a new task first; ``None`` until `MIN_SAMPLES` are known."""
         ordered = self._sorted
-        if len(ordered) < RUN:
+        if len(ordered) < COLD and not self._guesses:
             return None
         if len(ordered) < MIN_SAMPLES:
             # Too few to tell how far below the fastest the next may be: no later than the fastest.
             return max(floor, min(cap, ordered[0]))
         median = ordered[(len(ordered) - 1) // 2]
+        # The fewer known, the less the fastest of them says of how fast the next may be: the less lead.
+        lead *= min(1.0, len(ordered) / WINDOW)
         return max(floor, min(cap, median, ordered[0] + lead))
 
     def median(self) -> float | None:
@@ -107,8 +136,8 @@ class Durations:
         ordered = self._sorted
         return ordered[(len(ordered) - 1) // 2] if ordered else None
 
-    def _push(self, duration: float, early: bool) -> None:
-        self._samples.append((duration, early))
+    def _push(self, duration: float, first: float | None) -> None:
+        self._samples.append((duration, first))
         bisect.insort(self._sorted, duration)
         if len(self._samples) > WINDOW:
             self._forget_oldest()
@@ -120,18 +149,19 @@ class Durations:
 
     def _slowed_down(self) -> bool:
         samples = self._samples
-        if len(samples) <= RUN * 2:
+        if len(samples) < 2 * MIN_SAMPLES:
+            # Too few to tell a slower API from the slow end of this one.
             return False
         latest = list(samples)[-RUN:]
-        if any(early for _, early in latest):
+        if any(first is not None for _, first in latest):
             return False
-        older = max(duration for duration, _ in list(samples)[:-RUN])
-        return min(duration for duration, _ in latest) > older
+        older = sorted(duration for duration, _ in list(samples)[:-RUN])
+        return min(duration for duration, _ in latest) > older[int(SLOW_QUANTILE * (len(older) - 1))]
 
-    def _reset(self, samples: list[tuple[float, bool]]) -> None:
+    def _reset(self, samples: list[tuple[float, float | None]]) -> None:
         self._samples = deque(samples)
         self._sorted = sorted(duration for duration, _ in samples)
-        self._early = 0
+        self._early, self._chance = 0, 1.0
         self._guesses = 0
 
 
