@@ -164,10 +164,10 @@ def _ladder(
 def _sustained_records(config: B1Config, calibration: float, log: Callable[[str], None]) -> list[Record]:
     """The sustained capacity with and without the learned first poll, and the figures of each at it."""
     scaled = " (scaled)" if config.scale != 1 else ""
-    life, window = config.scaled(config.sustained_life), config.scaled(config.sustained_window)
+    life = config.scaled(config.sustained_life)
     limit = config.scaled(config.slip_limit) * 1000
     records: list[Record] = []
-    for learn, target in zip((True, False), config.sustained_targets, strict=True):
+    for learn, target, window in zip((True, False), config.sustained_targets, config.sustained_window, strict=True):
         capacity, results = _ladder(config, calibration, learn=learn, log=log)
         arm = _ARMS[learn]
         ladder = "; ".join(
@@ -181,7 +181,7 @@ def _sustained_records(config: B1Config, calibration: float, log: Callable[[str]
                 "tasks",
                 f">= {target:,}",
                 capacity >= target,
-                note=f"each task {life:g} s in flight, {window:g} s measured; ladder: {ladder}",
+                note=f"each task {life:g} s in flight, {config.scaled(window):g} s measured; ladder: {ladder}",
             )
         )
         # The figures of the largest N that kept up; of the first rung if none did.

@@ -78,12 +78,14 @@ class B1Config:
     # False: only the sustained round (no burst rounds, memory or burst capacity).
     burst: bool = True
     # The sustained round: the ladder of N it climbs (each arm stops at its first failure), how long
-    # each task runs (answered "running" until then), the steady window measured, the warm-up cohort,
-    # and the capacity aimed for with the learned first poll and with the fixed schedule.
+    # each task runs (answered "running" until then), the warm-up cohort, and, with the learned first
+    # poll and with the fixed schedule, the window measured and the capacity aimed for. The learned
+    # schedule's window is one and a half lives, to take in the first swing of its poll rate (see
+    # `_sustained`); the fixed schedule's poll rate is steady.
     sustained_ladder: tuple[int, ...] = (10_000, 15_000, 20_000, 30_000, 40_000, 50_000, 60_000)
     sustained_life: float = 40.0
-    sustained_window: float = 30.0
     sustained_warmup: int = 16
+    sustained_window: tuple[float, float] = (60.0, 30.0)
     sustained_targets: tuple[int, int] = (50_000, 15_000)
 
     def scaled(self, seconds: float) -> float:
@@ -440,7 +442,8 @@ async def _sustained(n: int, config: B1Config, calibration: float, learn: bool) 
     there is nothing to learn and arrivals start at once. Arrivals come one
     every ``life / n`` seconds (as ``submit`` registers a task, with its
     request), so ``n`` are in flight from ``life`` seconds on; the window
-    starts one mean interval later and lasts ``sustained_window`` seconds.
+    starts one mean interval later and lasts ``sustained_window`` seconds (the
+    first of the two with the learned first poll, the second without).
 
     The learned first poll reacts to what it learns about ``life`` seconds
     late, and its poll rate swings: a first poll learned just past ``life``
@@ -451,7 +454,8 @@ async def _sustained(n: int, config: B1Config, calibration: float, learn: bool) 
     from banana2_async import ClientClosedError, GenerationRequest
     from banana2_async._learn import MIN_SAMPLES
 
-    life, window, settle = config.scaled(config.sustained_life), config.scaled(config.sustained_window), config.ramp
+    life, settle = config.scaled(config.sustained_life), config.ramp
+    window = config.scaled(config.sustained_window[0 if learn else 1])
     warmup = config.sustained_warmup if learn else 0
     spacing = life / n
     arrivals = math.ceil((life + settle + window) / spacing) + n // 100 + 10
@@ -596,7 +600,7 @@ def sustained_round(
     payload = json.dumps({"n": n, "config": dataclasses.asdict(config), "calibration": calibration, "learn": learn})
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    budget = config.scaled(config.sustained_life) * 3 + config.scaled(config.sustained_window) + 120
+    budget = config.scaled(config.sustained_life) * 3 + config.scaled(max(config.sustained_window)) + 120
     child = subprocess.run(
         [sys.executable, "-c", "from benchmarks._rounds import _sustained_child; _sustained_child()"],
         input=payload,
