@@ -1,4 +1,4 @@
-"""Run the benchmarks: ``python -m benchmarks [--quick] [--json PATH] [--only B1,B2,...]``.
+"""Run the benchmarks: ``python -m benchmarks [--quick] [--json PATH] [--only B1,B2,...] [--b1-ladder N,N,...]``.
 
 Prints a markdown table and writes the records and the machine as JSON.
 """
@@ -6,6 +6,7 @@ Prints a markdown table and writes the records and the machine as JSON.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -24,11 +25,21 @@ __all__ = ["FULL", "QUICK", "main", "run"]
 
 Suite = dict[str, Callable[[Callable[[str], None]], list[Record]]]
 
-# Full: B1 in real time at 1,000 and 10,000 tasks (3 rounds each side at 10,000), then the capacity search.
+# Full: B1 in real time at 1,000 and 10,000 tasks (3 rounds each side at 10,000), then the capacity search,
+# then the sustained capacity ladder with and without the learned first poll (about 17 minutes of it).
 FULL = (B1Config(), WireConfig(), HostileConfig(), FirstPollConfig())
 # Quick: every benchmark at small sizes; B1 on a time scale of 1/10. A smoke run, not a measurement.
 QUICK = (
-    B1Config(sizes=(100, 400), main_size=400, rounds=1, capacity_max=1_600, memory_size=1_000, scale=0.1),
+    B1Config(
+        sizes=(100, 400),
+        main_size=400,
+        rounds=1,
+        capacity_max=1_600,
+        memory_size=1_000,
+        scale=0.1,
+        sustained_ladder=(500, 1_000),
+        sustained_targets=(1_000, 500),
+    ),
     WireConfig(
         polls_in_process=300,
         polls_loopback=100,
@@ -75,8 +86,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--json", metavar="PATH", help="write the records and the machine here as JSON")
     parser.add_argument("--only", metavar="NAMES", help="comma-separated subset, e.g. B2,B4")
+    parser.add_argument(
+        "--b1-ladder",
+        metavar="N,N,...",
+        help="the sizes B1's sustained round climbs (each arm stops at its first failure); empty: skip that round",
+    )
+    parser.add_argument(
+        "--b1-sustained-only", action="store_true", help="B1: only the sustained round (no burst rounds or memory)"
+    )
     args = parser.parse_args(argv)
     only = [name.strip().upper() for name in args.only.split(",")] if args.only else None
+    b1, wire, hostile, first_poll = QUICK if args.quick else FULL
+    if args.b1_ladder is not None:
+        ladder = tuple(int(size.replace("_", "")) for size in args.b1_ladder.split(",") if size.strip())
+        b1 = dataclasses.replace(b1, sustained_ladder=ladder)
+    if args.b1_sustained_only:
+        b1 = dataclasses.replace(b1, burst=False)
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -84,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "python -m benchmarks " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     started = time.monotonic()
     before = machine()
-    records = run(suite(*(QUICK if args.quick else FULL)), only, log)
+    records = run(suite(b1, wire, hostile, first_poll), only, log)
     report: dict[str, Any] = {
         "command": command.strip(),
         "quick": args.quick,

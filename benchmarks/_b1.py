@@ -11,7 +11,16 @@ import math
 from collections.abc import Callable
 
 from ._report import Record, median, ratio
-from ._rounds import B1Config, Kind, RoundResult, calibrate_transport, memory_per_task, one_round
+from ._rounds import (
+    B1Config,
+    Kind,
+    RoundResult,
+    SustainedResult,
+    calibrate_transport,
+    memory_per_task,
+    one_round,
+    sustained_round,
+)
 
 __all__ = ["B1Config", "run_b1"]
 
@@ -43,9 +52,17 @@ def _capacity(
 
 
 def run_b1(config: B1Config, log: Callable[[str], None] = print) -> list[Record]:
-    """Run B1 and return its records."""
+    """Run B1 and return its records: the burst rounds, memory and capacity, then the sustained capacity."""
     calibration = calibrate_transport(2_000 if config.scale < 1 else 20_000)
     log(f"B1: the table transport costs {calibration * 1e6:.1f} us CPU per answer (subtracted)")
+    records = _burst(config, calibration, log) if config.burst else []
+    if config.sustained_ladder:
+        records += _sustained_records(config, calibration, log)
+    return records
+
+
+def _burst(config: B1Config, calibration: float, log: Callable[[str], None]) -> list[Record]:
+    """The burst rounds (N tasks of 5-15 s registered at once), memory, and the burst capacity."""
     rounds: dict[tuple[Kind, int], list[RoundResult]] = {}
     for n in config.sizes:
         count = config.rounds if n == config.main_size else 1
@@ -105,7 +122,7 @@ def run_b1(config: B1Config, log: Callable[[str], None] = print) -> list[Record]
     target_capacity = 2 * config.main_size
     records.append(
         Record(
-            "B1 capacity: largest N with slip p99 < 250 ms" + (" (scaled)" if config.scale != 1 else ""),
+            "B1 burst capacity: largest N with slip p99 < 250 ms" + (" (scaled)" if config.scale != 1 else ""),
             capacity_ours,
             "tasks",
             f">= {target_capacity:,}",
@@ -113,6 +130,70 @@ def run_b1(config: B1Config, log: Callable[[str], None] = print) -> list[Record]
             capacity_theirs,
         )
     )
+    return records
+
+
+_ARMS: dict[bool, str] = {True: "learned first poll", False: "fixed schedule (learn_first_poll=False)"}
+
+
+def _ladder(
+    config: B1Config, calibration: float, *, learn: bool, log: Callable[[str], None]
+) -> tuple[float, list[SustainedResult]]:
+    """Climb the sustained ladder until a round fails; the largest N that kept up (NaN: none) and every round."""
+    limit = config.scaled(config.slip_limit)
+    capacity, results = math.nan, []
+    for n in config.sustained_ladder:
+        result = sustained_round(n, config, calibration, learn=learn)
+        results.append(result)
+        log(
+            f"B1 sustained {'learned' if learn else 'fixed':7} N={n:>7,}: slip p99 {result.slip_p99 * 1000:.0f} ms "
+            f"(p50 {result.slip_p50 * 1000:.1f}), behind {result.behind:.2%}, "
+            f"polls/task {result.polls_per_task:.2f} (peak {result.polls_per_task_peak:.2f}), "
+            f"{result.polls_per_second:,.0f} polls/s, first poll {result.first_poll:.1f} s, "
+            f"CPU {result.cpu_share:.0%} of a core, {result.cpu_per_1000 * 1000:.0f} ms/1000 polls, "
+            f"lag p99 {result.lag_p99 * 1000:.0f} ms, in flight {result.in_flight_min:,}-, "
+            f"notice {result.notice_mean:.2f}/{result.notice_p99:.2f} s, wall {result.wall:.0f} s, "
+            f"failed {result.failed}, mirror errors {result.mirror_errors}"
+        )
+        if not result.kept_up(limit):
+            break
+        capacity = float(n)
+    return capacity, results
+
+
+def _sustained_records(config: B1Config, calibration: float, log: Callable[[str], None]) -> list[Record]:
+    """The sustained capacity with and without the learned first poll, and the figures of each at it."""
+    scaled = " (scaled)" if config.scale != 1 else ""
+    life = config.scaled(config.sustained_life)
+    limit = config.scaled(config.slip_limit) * 1000
+    records: list[Record] = []
+    for learn, target, window in zip((True, False), config.sustained_targets, config.sustained_window, strict=True):
+        capacity, results = _ladder(config, calibration, learn=learn, log=log)
+        arm = _ARMS[learn]
+        ladder = "; ".join(
+            f"{result.n:,}: slip p99 {result.slip_p99 * 1000:.0f} ms, {result.polls_per_second:,.0f} polls/s"
+            for result in results
+        )
+        records.append(
+            Record(
+                f"B1 sustained capacity, {arm}: largest N in flight with slip p99 < {limit:g} ms{scaled}",
+                capacity,
+                "tasks",
+                f">= {target:,}",
+                capacity >= target,
+                note=f"each task {life:g} s in flight, {config.scaled(window):g} s measured; ladder: {ladder}",
+            )
+        )
+        # The figures of the largest N that kept up; of the first rung if none did.
+        at = next((result for result in results if result.n == capacity), results[0])
+        label = f"B1 sustained @{at.n:,}, {arm}:"
+        records += [
+            Record(f"{label} schedule slip p99", at.slip_p99 * 1000, "ms"),
+            Record(f"{label} polls later than {limit:g} ms", at.behind * 100, "%"),
+            Record(f"{label} status requests per task", at.polls_per_task, "polls/task"),
+            Record(f"{label} status requests per task, busiest 5 s", at.polls_per_task_peak, "polls/task"),
+            Record(f"{label} client CPU, share of one core", at.cpu_share * 100, "%"),
+        ]
     return records
 
 

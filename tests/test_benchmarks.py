@@ -17,7 +17,11 @@ from benchmarks._hostile import HostileConfig, run_b6
 from benchmarks._report import Record, machine, render_table
 from benchmarks._wire import OURS_IMPORTS, WireConfig, http2_available, run_b2, run_b3, run_b4
 
-TINY_B1 = B1Config(sizes=(20, 40), main_size=40, rounds=1, capacity_max=80, memory_size=40, scale=0.05)
+TINY_B1 = B1Config(
+    sizes=(20, 40), main_size=40, rounds=1, capacity_max=80, memory_size=40, scale=0.05, sustained_ladder=()
+)
+# The sustained round alone, one rung per arm: tasks 0.8 s long, 0.6 s measured.
+TINY_SUSTAINED = B1Config(burst=False, scale=0.02, sustained_ladder=(40,), sustained_targets=(40, 40))
 TINY_WIRE = WireConfig(
     polls_in_process=20,
     polls_loopback=10,
@@ -69,11 +73,48 @@ def test_b1_reports_every_figure() -> None:
     expected += [
         "B1 @40 client memory per in-flight task",
         "B1 client memory per in-flight task, ours / baseline",
-        "B1 capacity: largest N with slip p99 < 250 ms (scaled)",
+        "B1 burst capacity: largest N with slip p99 < 250 ms (scaled)",
     ]
     records = run_b1(TINY_B1, _quiet)
     _check(records, expected)
     assert all(record.baseline is not None for record in records)
+
+
+def test_b1_sustained_climbs_the_ladder_with_and_without_the_learned_first_poll() -> None:
+    """The sustained round runs each arm in a fresh interpreter and reports its capacity and its figures there."""
+    lines: list[str] = []
+    records = run_b1(TINY_SUSTAINED, lines.append)
+    arms = ["learned first poll", "fixed schedule (learn_first_poll=False)"]
+    figures = [
+        "schedule slip p99",
+        "polls later than 5 ms",
+        "status requests per task",
+        "status requests per task, busiest 5 s",
+        "client CPU, share of one core",
+    ]
+    expected = []
+    for arm in arms:
+        expected.append(f"B1 sustained capacity, {arm}: largest N in flight with slip p99 < 5 ms (scaled)")
+        expected += [f"B1 sustained @40, {arm}: {figure}" for figure in figures]
+    _check(records, expected)
+    assert [line.split()[2] for line in lines if line.startswith("B1 sustained")] == ["learned", "fixed"]
+    for arm in arms:
+        capacity = records[
+            expected.index(f"B1 sustained capacity, {arm}: largest N in flight with slip p99 < 5 ms (scaled)")
+        ]
+        assert capacity.value == 40 or math.isnan(capacity.value or 0.0)
+        assert capacity.note is not None
+        assert "40: slip p99" in capacity.note
+        by_name = {
+            record.name.split(": ", 1)[1]: record.value or 0.0
+            for record in records
+            if record.name.startswith(f"B1 sustained @40, {arm}")
+        }
+        assert 0 <= by_name["polls later than 5 ms"] <= 100
+        # Every task is polled at least once; no task is polled more often than every low interval.
+        assert 0 < by_name["status requests per task"] <= 0.8 / 0.04 + 1
+        assert by_name["status requests per task, busiest 5 s"] > 0
+        assert by_name["client CPU, share of one core"] > 0
 
 
 def test_b2_reports_in_process_and_loopback() -> None:
