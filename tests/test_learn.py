@@ -154,27 +154,29 @@ def test_the_schedule_recovers_within_a_few_tasks_when_the_api_changes_speed(fac
     assert low * target <= statistics.median(later) <= 1.35 * target
 
 
-def test_a_slowdown_is_followed_at_once() -> None:
-    """RUN tasks in a row slower than nine in ten of the window replace it."""
+def ordinary_window(seed: int) -> Durations:
+    """A full window of tasks taking 10-11 s, in a shuffled order (sorted, they would look like a slowdown)."""
     durations = Durations()
     spread = [10.0 + n / WINDOW for n in range(WINDOW)]
-    random.Random(1).shuffle(spread)
+    random.Random(seed).shuffle(spread)
     for duration in spread:
         durations.add(running_at=duration - 1.0, done_at=duration + 1.0)
     assert len(durations) == WINDOW
+    return durations
+
+
+def test_a_slowdown_is_followed_at_once() -> None:
+    """RUN tasks in a row slower than nine in ten of the window replace it."""
+    durations = ordinary_window(1)
     for _ in range(RUN):
         durations.add(running_at=29.0, done_at=31.0)
     assert len(durations) == RUN
     assert durations.first_poll(lead=2.5, floor=2.0) == 30.0
 
 
-def test_one_slow_task_in_a_row_of_ordinary_ones_is_no_slowdown() -> None:
-    """A slow task followed by ordinary ones leaves the window as it is."""
-    durations = Durations()
-    spread = [10.0 + n / WINDOW for n in range(WINDOW)]
-    random.Random(2).shuffle(spread)
-    for duration in spread:
-        durations.add(running_at=duration - 1.0, done_at=duration + 1.0)
+def test_fewer_than_run_slow_tasks_in_a_row_are_no_slowdown() -> None:
+    """Three slow tasks, then an ordinary one, leave the window as it is."""
+    durations = ordinary_window(2)
     for duration in (30.0, 30.0, 30.0, 10.5):
         durations.add(running_at=duration - 1.0, done_at=duration + 1.0)
     assert len(durations) == WINDOW
@@ -201,11 +203,7 @@ def test_a_speedup_starts_from_the_tasks_found_done_at_once() -> None:
 def test_tasks_found_done_at_a_median_first_poll_are_no_surprise() -> None:
     """With first polls at the median, half the tasks are found done at once: it takes eight in a row or more to
     call that a speed-up."""
-    durations = Durations()
-    spread = [n / WINDOW for n in range(WINDOW)]
-    random.Random(0).shuffle(spread)
-    for extra in spread:
-        durations.add(running_at=9.0 + extra, done_at=11.0 + extra)
+    durations = ordinary_window(0)
     assert durations.median() == pytest.approx(10.5, abs=0.05)
     for _ in range(8):
         durations.add(running_at=None, done_at=10.5)
