@@ -205,6 +205,20 @@ class DurationLearner(Generic[K]):
         durations = self._kinds.get(key)
         return None if durations is None else durations.median()
 
+    def expected_done(self, key: K | None, *, submitted_at: float, running_at: float | None, now: float) -> float:
+        """When a task is expected done, on the caller's clock: to rank its polls under a rate limit.
+
+        A task of a known kind is expected done a typical duration after
+        ``submitted_at``; one of a kind not known yet (or ``key`` ``None``), at
+        ``now``. Never sooner than ``lead`` after ``running_at``, when a poll
+        last found it running, so that an overdue task does not take every turn.
+        """
+        typical = None if key is None else self.typical(key)
+        expected = now if typical is None else submitted_at + typical
+        if running_at is not None:
+            expected = max(expected, running_at + self._lead)
+        return expected
+
     def kinds(self) -> dict[K, Durations]:
         """Every kind seen so far, and its durations."""
         return dict(self._kinds)

@@ -241,19 +241,11 @@ class Poller:
         return delay
 
     def _expected_done(self, entry: _Entry, now: float) -> float:
-        """When ``entry``'s task is expected done (anyio's clock), to rank its polls under a rate limit.
-
-        A task submitted here is expected done a typical duration of its kind
-        after its submit (one of a kind not known yet, or tracked: now), and
-        never sooner than a mean interval after a poll last found it running,
-        so that an overdue task does not take every turn.
-        """
+        """When ``entry``'s task is expected done (anyio's clock); see `DurationLearner.expected_done`."""
         assert self._learner is not None
-        typical = None if entry.kind is None else self._learner.typical(entry.kind)
-        expected = now if typical is None else entry.registered_at + typical
-        if entry.running_at is not None:
-            expected = max(expected, entry.running_at + self._lead)
-        return expected
+        return self._learner.expected_done(
+            entry.kind, submitted_at=entry.registered_at, running_at=entry.running_at, now=now
+        )
 
     def _rank(self, due: list[_Entry], now: float) -> list[_Entry]:
         """Under a rate limit: the due polls that go now, those of tasks expected done soonest first.

@@ -221,6 +221,17 @@ def test_typical_is_the_median_of_the_recent_durations() -> None:
     assert learner.typical(KIND) == 30.0
 
 
+def test_expected_done_is_a_typical_duration_after_submit_and_a_lead_after_the_last_running_poll() -> None:
+    """A known kind: submit + median, but never before lead after a poll found it running; unknown: now."""
+    learner = new_learner()
+    for duration in (10.0, 20.0, 30.0):
+        learner.learn(KIND, running_at=duration - 1.0, done_at=duration + 1.0)
+    assert learner.expected_done(KIND, submitted_at=100.0, running_at=None, now=101.0) == 120.0
+    assert learner.expected_done(KIND, submitted_at=100.0, running_at=125.0, now=126.0) == 127.5
+    assert learner.expected_done(None, submitted_at=100.0, running_at=None, now=101.0) == 101.0
+    assert learner.expected_done(("edit", "4k"), submitted_at=100.0, running_at=104.0, now=105.0) == 106.5
+
+
 def test_the_window_is_bounded() -> None:
     """However many tasks finish, a kind keeps WINDOW of them."""
     durations = Durations()
