@@ -34,7 +34,9 @@ async def test_a_kind_seen_finishing_is_first_polled_near_its_duration() -> None
             await client.generate(f"fox {n}")
     delays = first_poll_delays(sim)
     assert all(delay < 2 * INTERVAL for delay in delays[:3])
-    assert all(0.4 <= delay <= 0.55 for delay in delays[-3:])
+    # Near half a second, not one interval on: on asyncio in real time (debug mode too) the samples it learns
+    # from are a few tens of ms off either way.
+    assert all(0.3 <= delay <= 0.65 for delay in delays[-3:])
     polls = [len(task.poll_times) for task in sorted(sim.tasks(), key=lambda task: task.created)]
     assert polls[0] >= 9
     assert all(count <= 3 for count in polls[-3:])
